@@ -1,0 +1,43 @@
+# emseg: the two commands of the README are `make demo` and `make test`.
+# Both create/update the virtualenv themselves; nothing needs installing by hand.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch is enough for the demo and the tests; on a GPU host install the
+# CUDA build you want into the venv first (any torch >= 2.4 works) and it is kept.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: demo test lint typecheck pytest browser clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/emseg demo
+
+# Debian's Chromium drives the browser test of the Prefect UI (no browser download works
+# on a closed network); installed once, as root, when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check storage unet tasks flows tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy storage unet
+
+pytest: $(STAMP) browser
+	$(VENV)/bin/pytest -m "not gpu" $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) workspace

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks: read through storage, call one unet function, write through storage."""
