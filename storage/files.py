@@ -1,0 +1,82 @@
+"""Small files written atomically: checkpoints, JSON reports, metric logs, PNG previews.
+
+A file is written to a temporary name in the same directory and renamed over the target,
+so a reader (or a resumed run) sees either the old complete file or the new complete file,
+never a torn one. Local paths only; bytes are produced by the caller (storage never
+imports torch: a checkpoint arrives here already serialised).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+from storage.errors import StoreExistsError, StoreNotFoundError
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    p = os.fspath(path)
+    if not overwrite and os.path.exists(p):
+        raise StoreExistsError(f"{p} already exists; pass overwrite=True to replace it")
+    directory = os.path.dirname(p) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(p)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise StoreNotFoundError(f"no file at {p}")
+    with open(p, "rb") as f:
+        return f.read()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode(), overwrite=overwrite)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(read_bytes(path))
+
+
+def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Append one JSON record as a line (metric logs); the line is flushed and fsynced."""
+    p = os.fspath(path)
+    os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+    with open(p, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        return []
+    with open(p, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_png(path: str | os.PathLike[str], image: Any, *, overwrite: bool = True) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) array as a PNG, atomically."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)

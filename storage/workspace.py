@@ -1,0 +1,60 @@
+"""Where each artefact lives in a workspace (default ``./workspace``).
+
+::
+
+    volumes/<name>.zarr      ingested image volume (OME-Zarr)
+    labels/<name>.zarr       ingested label volume, same geometry
+    datasets/<name>.zarr     augmented training set
+    models/<run>/            checkpoint-last.pt, checkpoint-best.pt, metrics.jsonl, config.json
+    predictions/<name>.zarr  membrane probabilities (OME-Zarr, uint8)
+    reports/<run>/           metrics.json, preview PNGs
+
+Paths are plain strings so they travel as Prefect task results and flow parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Refuse names that would escape the workspace or be awkward on a file system."""
+    if not _NAME.match(name) or name.endswith(".zarr"):
+        raise ValueError(
+            f"{what} must be letters, digits, '.', '_' or '-' (not starting with '.' or ending "
+            f"in .zarr), got {name!r}"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A workspace root (local path or fsspec URL) and the paths of its artefacts."""
+
+    root: str
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts]) if "://" in self.root else os.path.join(
+            self.root, *parts)
+
+    def volume(self, name: str) -> str:
+        return self._join("volumes", f"{check_name(name)}.zarr")
+
+    def labels(self, name: str) -> str:
+        return self._join("labels", f"{check_name(name)}.zarr")
+
+    def dataset(self, name: str) -> str:
+        return self._join("datasets", f"{check_name(name)}.zarr")
+
+    def model_dir(self, run: str) -> str:
+        return self._join("models", check_name(run, "run"))
+
+    def prediction(self, name: str) -> str:
+        return self._join("predictions", f"{check_name(name)}.zarr")
+
+    def report_dir(self, run: str) -> str:
+        return self._join("reports", check_name(run, "run"))
