@@ -26,7 +26,7 @@ import zarr
 
 from storage.errors import IncompleteStoreError, StoreExistsError, StoreNotFoundError
 from storage.ledger import Ledger
-from storage.volume import store_exists
+from storage.volume import group_array, group_attr, store_exists
 
 ARRAYS = {"image": "uint8", "label": "uint8", "weight": "float16"}
 
@@ -40,19 +40,19 @@ class TrainingSet:
 
     @property
     def image(self) -> zarr.Array:
-        return self.group["image"]  # type: ignore[return-value]
+        return group_array(self.group, "image")
 
     @property
     def label(self) -> zarr.Array:
-        return self.group["label"]  # type: ignore[return-value]
+        return group_array(self.group, "label")
 
     @property
     def weight(self) -> zarr.Array:
-        return self.group["weight"]  # type: ignore[return-value]
+        return group_array(self.group, "weight")
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get("emseg", {}))
+        return group_attr(self.group, "emseg")
 
     @property
     def n_samples(self) -> int:
@@ -80,7 +80,7 @@ class TrainingSet:
             if arr.shape != expected:
                 raise ValueError(f"{name} for group {group_index} has shape {arr.shape}, "
                                  f"expected {expected}")
-            self.group[name][r.start : r.stop] = arr.astype(ARRAYS[name], copy=False)
+            group_array(self.group, name)[r.start : r.stop] = arr.astype(ARRAYS[name], copy=False)
         self.ledger.mark_done(group_index)
 
     def mark_complete(self) -> None:

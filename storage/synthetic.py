@@ -43,7 +43,7 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 def _hash_uniform(seed: int, stream: int, *coords: np.ndarray) -> np.ndarray:
     """Uniform floats in [0, 1) that depend only on (seed, stream, coords)."""
     with np.errstate(over="ignore"):
-        h = _splitmix(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(stream))
+        h = _splitmix(np.asarray(np.uint64(seed) * np.uint64(1_000_003) + np.uint64(stream)))
         for c in coords:
             h = _splitmix(h ^ np.asarray(c, dtype=np.int64).astype(np.uint64))
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

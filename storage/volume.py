@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -84,6 +84,20 @@ def _codecs(compression: Compression) -> Any:
 
 def _path_str(path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
+
+
+def group_attr(group: zarr.Group, key: str) -> dict[str, Any]:
+    """A dict-valued group attribute (zarr types attributes as arbitrary JSON)."""
+    value = group.attrs.get(key, {})
+    return dict(cast(dict[str, Any], value))
+
+
+def group_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``; a clear error if it is missing or a sub-group."""
+    node = group.get(name)
+    if not isinstance(node, zarr.Array):
+        raise StoreNotFoundError(f"{group.store_path} has no array {name!r}")
+    return node
 
 
 def _is_local(path: str) -> bool:
@@ -170,7 +184,7 @@ class Volume:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get("emseg", {}))
+        return group_attr(self.group, "emseg")
 
     @property
     def is_complete(self) -> bool:
@@ -178,15 +192,18 @@ class Volume:
 
     @property
     def voxel_size(self) -> VoxelSize:
-        ds = self.group.attrs["ome"]["multiscales"][0]["datasets"][0]
+        ds = self._datasets()[0]
         return VoxelSize.of(ds["coordinateTransformations"][0]["scale"])
+
+    def _datasets(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], group_attr(self.group, "ome")["multiscales"][0]["datasets"])
 
     @property
     def levels(self) -> list[str]:
-        return [d["path"] for d in self.group.attrs["ome"]["multiscales"][0]["datasets"]]
+        return [str(d["path"]) for d in self._datasets()]
 
     def level(self, index: int) -> zarr.Array:
-        return self.group[self.levels[index]]  # type: ignore[return-value]
+        return group_array(self.group, self.levels[index])
 
     def read(self, z: slice, y: slice = slice(None), x: slice = slice(None)) -> np.ndarray:
         """Read a region of level 0 into memory, axes (z, y, x)."""
@@ -341,8 +358,8 @@ def build_pyramid(writer: VolumeWriter, *, method: Literal["mean", "nearest"] = 
 
     levels = writer.levels
     for i in range(1, len(levels)):
-        src_arr = writer.group[levels[i - 1]]
-        dst = writer.group[levels[i]]
+        src_arr = group_array(writer.group, levels[i - 1])
+        dst = group_array(writer.group, levels[i])
         src = da.from_zarr(src_arr, chunks=(src_arr.chunks[0], src_arr.chunks[1], src_arr.chunks[2]))
         ty, tx = dst.shape[1] * 2, dst.shape[2] * 2
         src = src[:, :ty, :tx]
@@ -353,4 +370,4 @@ def build_pyramid(writer: VolumeWriter, *, method: Literal["mean", "nearest"] = 
             if np.issubdtype(dst.dtype, np.integer):
                 mean = da.round(mean)
             down = mean.astype(dst.dtype)
-        da.store(down.rechunk(dst.shards or dst.chunks), dst, lock=False)
+        da.store(down.rechunk(dst.shards or dst.chunks), cast(Any, dst), lock=False)
