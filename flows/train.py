@@ -1,0 +1,64 @@
+"""The train flow (for the ``gpu`` work pool): training set → ``models/<run>/``, metrics, preview."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+from pydantic import Field
+
+from tasks.observe import publish_metrics_table, publish_summary
+from tasks.train import train_model, validation_preview
+from unet.model import UNetConfig
+from unet.train import TrainConfig
+
+
+def parse_slice_range(text: str) -> tuple[int, int]:
+    """'20-29' (inclusive, as the augment flow writes ranges) → (20, 30), a half-open z range."""
+    try:
+        first, last = (int(v) for v in text.split("-"))
+    except ValueError as e:
+        raise ValueError(f"validation slices must look like '20-29' (inclusive), got {text!r}") from e
+    if not 0 <= first <= last:
+        raise ValueError(f"validation slices must satisfy 0 <= first <= last, got {text!r}")
+    return first, last + 1
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    workspace: str = Field("workspace", description="Workspace root (local path)."),
+    dataset: str = Field(..., description="Training set name (datasets/<dataset>.zarr)."),
+    val_image: str = Field(..., description="Validation image volume name (volumes/<name>.zarr)."),
+    val_labels: str = Field(..., description="Validation label volume name (labels/<name>.zarr)."),
+    val_slices: str = Field("20-29", description="Validation slices, an inclusive range 'first-last'."),
+    run: str = Field(..., description="Run name: files go to models/<run>/ and reports/<run>/."),
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training parameters."),
+    unet: UNetConfig = Field(default_factory=UNetConfig, description="U-Net architecture."),
+    resume: bool = Field(False, description="Continue models/<run>/checkpoint-last.pt (same step, "
+                         "optimiser, scheduler and RNG states)."),
+    overwrite: bool = Field(False, description="Start again over an existing run of that name."),
+) -> dict[str, Any]:
+    """Train a U-Net, keep the best checkpoint by validation V_rand, publish metrics and a preview."""
+    t0 = time.perf_counter()
+    z = parse_slice_range(val_slices)
+    result = train_model(workspace, dataset, val_image, val_labels, z, run, unet, train,
+                         resume=resume, overwrite=overwrite)
+    best = {k: v for k, v in result["best_metrics"].items() if not isinstance(v, list | dict)}
+    preview = None
+    if result["best_checkpoint"]:
+        preview = validation_preview(workspace, result["best_checkpoint"], val_image, val_labels, z, run)
+    publish_metrics_table(f"train-{run}", [{"run": run, "steps": result["step"],
+                                            "images_per_s": round(result["train_images_per_s"], 2),
+                                            **best}],
+                          f"best validation scores of {run} (slices {val_slices})")
+    previews = [{"z": "/".join(map(str, preview["z"])), "path": preview["path"], "thumb": preview["thumb"]}] \
+        if preview else []
+    publish_summary(f"train-{run}-summary", f"Training run {run}",
+                    {"model dir": result["model_dir"], "best checkpoint": str(result["best_checkpoint"])},
+                    best, previews)
+    return {"model_dir": result["model_dir"], "best_checkpoint": result["best_checkpoint"],
+            "last_checkpoint": result["last_checkpoint"], "best_metrics": best, "step": result["step"],
+            "train_images_per_s": result["train_images_per_s"],
+            "preview": preview["path"] if preview else None,
+            "seconds": round(time.perf_counter() - t0, 3)}

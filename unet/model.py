@@ -1,0 +1,182 @@
+"""The U-Net of Ronneberger et al. (2015), configurable, touching no files.
+
+Tensors are (B, C, H, W): batch, channels, y, x in pixels. The output has
+``n_classes`` channels of logits: one membrane logit (apply a sigmoid) when
+``n_classes == 1``, class logits for a softmax over channels otherwise.
+
+::
+
+    depth = 4 (three poolings, bottleneck at the 4th level)
+
+    in ─ DoubleConv(c) ────────────────────────────── skip ──────────────────▶ Up ─ Out ─▶ logits
+            └ Down(2c) ────────────────────── skip ───────────────▶ Up ─┘
+                 └ Down(4c) ─────── skip ──────────────▶ Up ─┘
+                      └ Down(8c) (bottleneck) ─────────────┘
+
+With ``padding="same"`` the output has the input's size, which must be divisible by
+``2 ** (depth - 1)``. With ``padding="valid"`` (the paper's version) every 3x3 convolution
+loses a pixel on each side, skips are centre-cropped, and the output is smaller than the
+input (see :meth:`UNetConfig.valid_output_size`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+Norm = Literal["batch", "group", "none"]
+Padding = Literal["same", "valid"]
+
+
+class UNetConfig(BaseModel):
+    """Architecture of the U-Net; stored in every checkpoint so a model loads with nothing else."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    in_channels: int = Field(default=1, ge=1, description="Input channels (1 for grey-level EM).")
+    n_classes: int = Field(default=1, ge=1, description="Output channels: 1 = membrane logit (sigmoid), "
+                                                "N > 1 = class logits (softmax).")
+    depth: int = Field(default=5, ge=1, le=8, description="Resolution levels including the bottleneck "
+                                                  "(5 = four poolings, as in the paper).")
+    base_channels: int = Field(default=64, ge=1, description="Feature channels at the first level; doubled "
+                                                     "at each level down.")
+    padding: Padding = Field(default="same", description="'same' keeps the size; 'valid' is the paper's "
+                                                 "unpadded version (output smaller than input).")
+    norm: Norm = Field(default="batch", description="Normalisation after each convolution.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout probability at the bottleneck "
+                                                            "(the paper uses 0.5 at the deepest layers).")
+
+    @property
+    def divisor(self) -> int:
+        """Input height and width must be multiples of this (same padding)."""
+        return 2 ** (self.depth - 1)
+
+    def valid_output_size(self, size: int) -> int:
+        """Output size along one axis for ``padding="valid"``; ValueError if ``size`` does not fit."""
+        s = size
+        for level in range(self.depth - 1):
+            s -= 4
+            if s <= 0 or s % 2:
+                raise ValueError(f"input size {size} does not fit a valid-padding U-Net of depth "
+                                 f"{self.depth}: size {s} before pooling {level + 1} must be even "
+                                 "and positive")
+            s //= 2
+        s -= 4
+        for _ in range(self.depth - 1):
+            s = 2 * s - 4
+        if s <= 0:
+            raise ValueError(f"input size {size} is too small for a valid-padding U-Net of depth "
+                             f"{self.depth}")
+        return s
+
+
+def _norm(kind: Norm, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        # 8 groups (or fewer for tiny test models) is the usual choice for small batches.
+        groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    return nn.Identity()
+
+
+class DoubleConv(nn.Module):
+    """(3x3 conv → norm → ReLU) x 2."""
+
+    def __init__(self, c_in: int, c_out: int, padding: Padding, norm: Norm) -> None:
+        super().__init__()
+        pad = 1 if padding == "same" else 0
+        bias = norm == "none"  # a bias before a normalisation is redundant
+        self.block = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, padding=pad, bias=bias), _norm(norm, c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=pad, bias=bias), _norm(norm, c_out), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Down(nn.Module):
+    """2x2 max-pool, then a DoubleConv."""
+
+    def __init__(self, c_in: int, c_out: int, padding: Padding, norm: Norm, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2)
+        self.conv = DoubleConv(c_in, c_out, padding, norm)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.conv(self.pool(x)))
+
+
+def _center_crop(skip: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    dy = (skip.shape[-2] - like.shape[-2]) // 2
+    dx = (skip.shape[-1] - like.shape[-1]) // 2
+    return skip[..., dy : dy + like.shape[-2], dx : dx + like.shape[-1]]
+
+
+class Up(nn.Module):
+    """2x2 transposed conv (halving channels), concatenate the (cropped) skip, DoubleConv."""
+
+    def __init__(self, c_in: int, c_out: int, padding: Padding, norm: Norm) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c_in, c_in // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(c_in // 2 + c_out, c_out, padding, norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        return self.conv(torch.cat([_center_crop(skip, x), x], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net: an encoder of ``depth - 1`` Down blocks, a decoder of as many Up blocks, 1x1 output."""
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or UNetConfig()
+        widths = [cfg.base_channels * 2**i for i in range(cfg.depth)]
+        self.inc = DoubleConv(cfg.in_channels, widths[0], cfg.padding, cfg.norm)
+        self.downs = nn.ModuleList(
+            Down(widths[i], widths[i + 1], cfg.padding, cfg.norm,
+                 dropout=cfg.dropout if i + 1 == cfg.depth - 1 else 0.0)
+            for i in range(cfg.depth - 1)
+        )
+        self.ups = nn.ModuleList(
+            Up(widths[i + 1], widths[i], cfg.padding, cfg.norm) for i in reversed(range(cfg.depth - 1))
+        )
+        self.outc = nn.Conv2d(widths[0], cfg.n_classes, kernel_size=1)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """ValueError naming the problem when ``x`` is not (B, in_channels, H, W) of a usable size."""
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"input must be (B, {cfg.in_channels}, H, W), got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if cfg.padding == "same":
+            if h % cfg.divisor or w % cfg.divisor:
+                raise ValueError(f"input height and width must be multiples of {cfg.divisor} for a "
+                                 f"depth-{cfg.depth} U-Net with same padding, got {h}x{w}")
+        else:
+            cfg.valid_output_size(h)
+            cfg.valid_output_size(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()  # the bottleneck
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return self.outc(x)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Membrane probability (B, H, W) from one logit, class probabilities (B, N, H, W) otherwise."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return F.softmax(logits, dim=1)
