@@ -1,0 +1,188 @@
+"""Blockwise inference benchmark: engine Zarr→Zarr vs bare forward vs MONAI, in one run.
+
+    .venv/bin/python benchmarks/infer.py --shape 8 1792 1792 --base 16 --depth 4 --tile 256 \
+        --overlap 32 --halo 16 --block 4 896 896 --chunk 128 --batch 8       # CPU-sized
+    python benchmarks/infer.py --shape 1344 1792 1792 --base 64 --depth 5 --tile 512 --overlap 64 \
+        --halo 32 --block 4 1792 1792 --chunk 256 --batch 16 --compile \
+        --workdir /scratch/bench                                             # GPU: 4.3 Gvoxel
+
+Reports (a) end-to-end voxels/s of the engine, from a synthetic uint8 OME-Zarr volume on disk
+to a uint8 prediction on disk; (b) the bare forward throughput of the same model on
+device-resident batches (the ceiling); (c) MONAI ``sliding_window_inference`` with the same
+model, tile and overlap on as many slices as fit in ``--monai-gib``; plus peak host RSS
+(sampled) and peak GPU memory. Generating the input volume is not timed. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from storage.synthetic import SyntheticSpec, iter_slabs  # noqa: E402
+from storage.volume import create_volume  # noqa: E402
+from unet.checkpoint import save_checkpoint  # noqa: E402
+from unet.infer_config import InferConfig  # noqa: E402
+from unet.inference import INPUT_SCALE, infer_volume, load_predictor  # noqa: E402
+from unet.model import UNet, UNetConfig  # noqa: E402
+
+
+class PeakRSS:
+    """Samples this process's resident set size every 50 ms; ``peak`` in bytes."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def write_input(path: Path, shape: tuple[int, int, int], slab: int) -> None:
+    w = create_volume(path, shape, np.uint8, (50, 4, 4), chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
+                      overwrite=True)
+    for z0, block in iter_slabs(SyntheticSpec(shape=shape, seed=3), slab):
+        w.write(z0, block.image)
+    w.mark_complete()
+
+
+def bare_forward(pred: Any, batch: int, tile: int, seconds: float) -> float:
+    """Voxels/s of the predictor's model on a batch already on the device (no I/O, no copies)."""
+    x = torch.rand(batch, 1, tile, tile, device=pred.device) * 255
+    for _ in range(2):  # warm-up (cudnn autotune, torch.compile)
+        pred._membrane(x * INPUT_SCALE)
+    sync(pred.device)
+    n, t0 = 0, time.perf_counter()
+    with torch.inference_mode(), torch.autocast(pred.device.type, dtype=torch.bfloat16,
+                                                enabled=pred.precision == "bf16"):
+        while time.perf_counter() - t0 < seconds or n < 2:
+            pred._membrane(x * INPUT_SCALE)
+            n += 1
+        sync(pred.device)
+    return n * batch * tile * tile / (time.perf_counter() - t0)
+
+
+def monai_throughput(pred: Any, volume_path: Path, shape: tuple[int, int, int], cfg: InferConfig,
+                     gib: float) -> tuple[float, int]:
+    """MONAI sliding_window_inference over the first slices that fit in ``gib`` (input already on device)."""
+    from monai.inferers import sliding_window_inference
+
+    from storage.volume import open_volume
+
+    per_slice = shape[1] * shape[2] * 4 * 3  # input + output + importance map, float32
+    n = int(max(1, min(shape[0], gib * 2**30 // per_slice)))
+    data = open_volume(volume_path).read(slice(0, n))
+    x = torch.from_numpy(data.astype(np.float32))[:, None].to(pred.device) * INPUT_SCALE
+
+    def net(t: torch.Tensor) -> torch.Tensor:
+        return pred._membrane(t)
+
+    overlap = cfg.overlap[0] / cfg.tile[0]
+    with torch.inference_mode(), torch.autocast(pred.device.type, dtype=torch.bfloat16,
+                                                enabled=pred.precision == "bf16"):
+        sliding_window_inference(x[:1], cfg.tile, cfg.batch_size, net, overlap=overlap, mode="gaussian")
+        sync(pred.device)
+        t0 = time.perf_counter()
+        sliding_window_inference(x, cfg.tile, cfg.batch_size, net, overlap=overlap, mode="gaussian")
+        sync(pred.device)
+    return n * shape[1] * shape[2] / (time.perf_counter() - t0), n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", type=int, nargs=3, default=(16, 1024, 1024), help="volume z y x")
+    ap.add_argument("--base", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--halo", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--block", type=int, nargs=3, default=(4, 896, 896))
+    ap.add_argument("--chunk", type=int, default=128, help="output chunk in y, x (z chunk 1)")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--monai-gib", type=float, default=2.0, help="memory for MONAI's in-memory volume")
+    ap.add_argument("--forward-seconds", type=float, default=10.0)
+    ap.add_argument("--workdir", default="/tmp/emseg-bench-infer")
+    ap.add_argument("--keep", action="store_true", help="keep the input volume for another run")
+    args = ap.parse_args()
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    shape = tuple(args.shape)
+    src = work / "input.zarr"
+    if not (args.keep and src.exists()):
+        t0 = time.perf_counter()
+        write_input(src, shape, slab=max(1, 2**26 // (shape[1] * shape[2])))  # type: ignore[arg-type]
+        print(f"input written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+    torch.manual_seed(0)
+    mcfg = UNetConfig(depth=args.depth, base_channels=args.base)
+    ckpt = work / "model.pt"
+    save_checkpoint(ckpt, UNet(mcfg), mcfg)
+    cfg = InferConfig(tile=(args.tile, args.tile), overlap=(args.overlap, args.overlap),
+                      halo=(0, args.halo, args.halo), batch_size=args.batch, block_shape=tuple(args.block),
+                      chunks=(1, args.chunk, args.chunk), compile=args.compile,
+                      device=args.device)
+    out = work / "prediction.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as rss:
+        factory = functools.partial(load_predictor, str(ckpt), cfg)
+        engine = infer_volume(str(src), str(out), factory, "bench", cfg)
+    gpu_peak_engine = torch.cuda.max_memory_allocated() if cuda else 0
+
+    pred = load_predictor(str(ckpt), cfg)
+    forward = bare_forward(pred, args.batch, args.tile, args.forward_seconds)
+    monai, monai_slices = monai_throughput(pred, src, shape, cfg, args.monai_gib)  # type: ignore[arg-type]
+    result = {
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
+        "torch_threads": torch.get_num_threads(),
+        "shape": list(shape), "voxels": engine["voxels"],
+        "model": {"depth": args.depth, "base_channels": args.base}, "tile": args.tile,
+        "overlap": args.overlap, "batch": args.batch, "precision": pred.precision, "compile": args.compile,
+        "a_engine_voxels_per_s": engine["voxels_per_s"], "engine_seconds": engine["seconds"],
+        "b_bare_forward_voxels_per_s": forward,
+        "c_monai_voxels_per_s": monai, "monai_slices": monai_slices,
+        "tile_efficiency": cfg.tile_efficiency(),
+        "a_over_b": engine["voxels_per_s"] / forward, "a_over_c": engine["voxels_per_s"] / monai,
+        "peak_rss_engine_gib": rss.peak / 2**30,
+        "peak_gpu_engine_gib": gpu_peak_engine / 2**30,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Prediction stores: membrane probabilities (uint8, 0..255) written block by block, resumably.
+
+A prediction is an OME-Zarr volume (:mod:`storage.volume`, ``kind="prediction"``) with
+the input's shape and voxel size, plus a :class:`storage.ledger.Ledger` named
+``blocks_done`` with one flag per write block::
+
+    predictions/<name>.zarr/
+        zarr.json     attributes["emseg"] = {"complete": ..., "kind": "prediction",
+                                             "inference": {model checksum, parameters, ...}}
+        s0/           probabilities, axes (z, y, x), sharded so one write block = one shard
+        s1/ ...       optional pyramid (filled at the end)
+        blocks_done/  ledger: 1 per finished block, written after the block's data
+
+The ``inference`` attributes identify the run (model checksum and every parameter that
+changes the bytes). Re-opening an incomplete store with the same identity resumes it;
+with another identity it is refused (:class:`PredictionMismatchError`), so a resumed
+prediction never mixes two models or two parameter sets. A complete store is never
+replaced unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from storage.errors import StorageError, StoreExistsError, StoreNotFoundError
+from storage.ledger import Ledger
+from storage.volume import (
+    Volume,
+    VolumeWriter,
+    VoxelSize,
+    build_pyramid,
+    create_volume,
+    open_volume,
+    open_volume_for_update,
+    store_exists,
+)
+
+LEDGER_NAME = "blocks_done"
+IDENTITY_KEY = "inference"
+
+
+class PredictionMismatchError(StorageError, ValueError):
+    """An unfinished prediction exists but was started with another model or other parameters."""
+
+
+def _normalised(identity: dict[str, Any]) -> dict[str, Any]:
+    # Round-trip through JSON so tuples and lists (and int/float keys) compare as stored.
+    return json.loads(json.dumps(identity, sort_keys=True))
+
+
+@dataclass
+class PredictionStore:
+    """An open, not yet complete prediction: level 0 writable, plus its block ledger."""
+
+    writer: VolumeWriter
+    ledger: Ledger
+
+    @property
+    def path(self) -> str:
+        return self.writer.path
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return dict(self.writer.attrs.get(IDENTITY_KEY, {}))
+
+    def write_block(self, block: int, start: Sequence[int], data: np.ndarray) -> None:
+        """Write one block's probabilities (z, y, x uint8) at ``start``, then mark it done.
+
+        The flag is written after the data: a writer killed in between leaves the block
+        pending, and a re-run rewrites the whole block (the same bytes).
+        """
+        if data.dtype != np.uint8:
+            raise ValueError(f"prediction data must be uint8, got {data.dtype}")
+        z0, y0, x0 = (int(s) for s in start)
+        self.writer.write(z0, data, y0, x0)
+        self.ledger.mark_done(block)
+
+    def pending(self) -> list[int]:
+        return self.ledger.pending()
+
+    def finish(self) -> Volume:
+        """Build the pyramid (if the store has one) and mark the store complete. Call once, last."""
+        pending = self.ledger.pending()
+        if pending:
+            raise StorageError(f"{self.path}: {len(pending)} blocks are not done yet (first: {pending[:5]}); "
+                               "refusing to mark the prediction complete")
+        if len(self.writer.levels) > 1:
+            build_pyramid(self.writer, method="mean")
+        return self.writer.mark_complete()
+
+
+def create_or_resume_prediction(
+    path: str | os.PathLike[str],
+    *,
+    shape: Sequence[int],
+    voxel_size: VoxelSize | Sequence[float],
+    chunks: Sequence[int],
+    shards: Sequence[int],
+    n_blocks: int,
+    identity: dict[str, Any],
+    pyramid_levels: int = 0,
+    overwrite: bool = False,
+) -> PredictionStore:
+    """Create a prediction store, or resume an unfinished one with the same identity.
+
+    shape, chunks and shards are (z, y, x) voxels; shards should equal the write block.
+    Raises StoreExistsError for a complete store (unless ``overwrite``),
+    PredictionMismatchError for an unfinished one of another identity (unless ``overwrite``).
+    """
+    p = os.fspath(path)
+    ident = _normalised(identity)
+    if store_exists(p) and not overwrite:
+        try:
+            existing = open_volume(p, require_complete=False)
+        except StoreNotFoundError as e:
+            raise StoreExistsError(f"{p} exists but is not a prediction volume; "
+                                   "pass overwrite=True to replace it") from e
+        if existing.attrs.get("kind") != "prediction":
+            raise StoreExistsError(f"{p} exists and is a {existing.attrs.get('kind')!r} volume, "
+                                   "not a prediction; pass overwrite=True to replace it")
+        if existing.is_complete:
+            raise StoreExistsError(f"{p} is a complete prediction already; pass overwrite=True to replace it")
+        found = _normalised(existing.attrs.get(IDENTITY_KEY, {}))
+        if found != ident or list(existing.shape) != [int(s) for s in shape]:
+            diff = sorted(k for k in set(found) | set(ident) if found.get(k) != ident.get(k))
+            details = "; ".join(f"{k}: stored {found.get(k)!r}, asked {ident.get(k)!r}" for k in diff[:6])
+            raise PredictionMismatchError(
+                f"{p} is an unfinished prediction started with another model or other parameters "
+                f"({details or 'shape ' + str(existing.shape)}); resume with the same ones, or pass "
+                "overwrite=True to start again")
+        writer = open_volume_for_update(p)
+        ledger = (Ledger.open(writer.group, LEDGER_NAME) if LEDGER_NAME in writer.group
+                  else Ledger.create(writer.group, n_blocks, LEDGER_NAME))
+        if ledger.n_units != n_blocks:
+            raise PredictionMismatchError(f"{p} has a ledger of {ledger.n_units} blocks, expected {n_blocks}")
+        return PredictionStore(writer, ledger)
+
+    writer = create_volume(p, shape, np.uint8, voxel_size, kind="prediction", chunks=chunks, shards=shards,
+                           pyramid_levels=pyramid_levels, attrs={IDENTITY_KEY: ident}, overwrite=True)
+    return PredictionStore(writer, Ledger.create(writer.group, n_blocks, LEDGER_NAME))
+
+
+def open_prediction_for_blocks(path: str | os.PathLike[str]) -> PredictionStore:
+    """Re-open an unfinished prediction created by a coordinator, for a worker to write blocks."""
+    writer = open_volume_for_update(path)
+    if writer.attrs.get("kind") != "prediction" or LEDGER_NAME not in writer.group:
+        raise StoreNotFoundError(f"{writer.path} is not a prediction store with a block ledger")
+    if writer.is_complete:
+        raise StoreExistsError(f"{writer.path} is already complete; nothing to write")
+    return PredictionStore(writer, Ledger.open(writer.group, LEDGER_NAME))
