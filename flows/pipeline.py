@@ -1,0 +1,242 @@
+"""The end-to-end pipeline: ingest -> augment -> train -> infer -> evaluate, as sub-flows.
+
+::
+
+    source.tif ─ingest─▶ volumes/<name>.zarr ─augment─▶ datasets/<run>.zarr ─train─▶ models/<run>/
+    labels.tif ─┘        labels/<name>.zarr                                             │ best
+                              │                                                          ▼
+                              └──────────────────────────infer──────────▶ predictions/<name>.zarr
+                                                                                         │
+                                                                evaluate ─▶ reports/<report>/
+
+Steps pass workspace names/paths, never arrays. Before each step the pipeline asks
+:func:`storage.provenance.is_current` whether the step's output is complete and was
+made from the same inputs and parameters, comparing what the stage itself recorded in
+its output (Zarr attrs, config.json, metrics.json); training, whose run folder exists from
+its first step on, is marked finished by a stamp the pipeline writes after it returns.
+A current step is skipped unless a step before it ran in this pipeline run (its output
+may have changed). So a re-run after a failure continues at the failed step (and inside
+it: augmentation and inference resume their unfinished groups, training its last
+checkpoint), and a re-run of a finished pipeline does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prefect import flow
+
+from flows.pipeline_config import PipelineParams
+from storage.provenance import check_current, clear_stamp, is_current, read_record, write_stamp
+from storage.workspace import Workspace
+from tasks.locks import output_lock
+from tasks.observe import publish_metrics_table, publish_summary, save_previews_task
+from tasks.progress import run_logger
+
+Mode = Literal["create", "resume", "replace"]
+STEPS = ("ingest", "augment", "train", "infer", "evaluate")
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """Whether a step must run and, if so, how: on nothing, resuming, or replacing a stale output."""
+
+    run: bool
+    mode: Mode
+    reason: str
+
+
+def decide(output_record: dict[str, Any] | None, expected: dict[str, Any], upstream_ran: bool) -> StepCheck:
+    """The one rule every step follows (pure: tested without files).
+
+    Current output and nothing upstream ran: skip. No output: create. An output made from
+    the same inputs and parameters but unfinished: resume. Anything else: replace.
+    """
+    fresh = check_current(output_record, expected)
+    if fresh.current and not upstream_ran:
+        return StepCheck(False, "resume", fresh.reason)
+    if not fresh.exists:
+        return StepCheck(True, "create", fresh.reason)
+    same_inputs = check_current({**(output_record or {}), "complete": True}, expected).current
+    if fresh.current:  # upstream ran: the inputs may hold new bytes under the same names
+        return StepCheck(True, "replace", "a step before it ran again")
+    return StepCheck(True, "resume" if same_inputs else "replace", fresh.reason)
+
+
+def _stamp(ws: Workspace, step: str, key: str) -> str:
+    return os.path.join(ws.root, "pipeline", f"{step}-{key}.json")
+
+
+class _Runner:
+    """Runs steps in order, tracking whether any step ran (then every later one runs too)."""
+
+    def __init__(self) -> None:
+        self.upstream_ran = False
+        self.log = run_logger()
+        self.table: list[dict[str, Any]] = []
+
+    def step(self, name: str, output: str, record: Callable[[], dict[str, Any] | None],
+             expected: dict[str, Any], run: Callable[[Mode], Any], stamp: str | None = None) -> Any:
+        """Check and (maybe) run one step while holding its output's write lock, so another
+        run writing the same output waits, then finds it current."""
+        with output_lock(output):
+            check = decide(record(), expected, self.upstream_ran)
+            if not check.run:
+                self.log.info("%s: skipped (%s)", name, check.reason)
+                self.table.append({"step": name, "action": "skipped", "seconds": 0.0, "why": check.reason})
+                return None
+            self.log.info("%s: running, %s (%s)", name, check.mode, check.reason)
+            if stamp:
+                clear_stamp(stamp)
+            t0 = time.perf_counter()
+            result = run(check.mode)
+            if stamp:
+                write_stamp(stamp, expected)
+        self.upstream_ran = True
+        self.table.append({"step": name, "action": check.mode, "seconds": round(time.perf_counter() - t0, 1),
+                           "why": check.reason})
+        return result
+
+
+def _source_fingerprint(path: str) -> list[dict[str, Any]]:
+    from storage.tiff import open_source
+
+    return open_source([path]).fingerprint()
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
+    """ingest -> augment -> train -> infer -> evaluate; each step skipped when its output is current.
+
+    Returns the output locations, the validation scores of the best checkpoint, the
+    whole-volume scores, and what each step did.
+    """
+    from flows.augment import augment_flow
+    from flows.evaluate import evaluate_flow
+    from flows.infer import infer_flow
+    from flows.ingest import ingest_flow
+    from flows.train import train_flow
+    from unet.checkpoint import checkpoint_sha256
+
+    p = params
+    ws = Workspace(p.workspace)
+    runner = _Runner()
+    paths = {"volume": ws.volume(p.name), "labels": ws.labels(p.name), "dataset": ws.dataset(p.run),
+             "model_dir": ws.model_dir(p.run), "prediction": ws.prediction(p.name),
+             "report": ws.report_dir(p.report_name)}
+
+    # ingest: image and labels, each compared with what ingest recorded (file fingerprints, params).
+    ingest_params = p.ingest.output_params()
+    image_expected = {"sources": _source_fingerprint(p.source), "params": ingest_params}
+    label_expected = {"sources": _source_fingerprint(p.labels), "params": ingest_params}
+    runner.step(
+        "ingest", paths["volume"],
+        lambda: _ingest_record(read_record(paths["volume"]), read_record(paths["labels"])),
+        {"image": image_expected, "labels": label_expected},
+        lambda mode: ingest_flow(sources=[p.source], workspace=p.workspace, name=p.name, labels=[p.labels],
+                                 config=p.ingest.model_copy(update={"overwrite": mode == "replace"})))
+
+    # augment: datasets/<run>.zarr records its sources and parameters.
+    aug_expected = {"sources.image": paths["volume"], "sources.labels": paths["labels"],
+                    "sources.split.train": p.train_slices,
+                    "params": {"n_samples": p.n_samples, "root_seed": 0,
+                               "augment": p.augment.model_dump(mode="json")}}
+    runner.step(
+        "augment", paths["dataset"], lambda: read_record(paths["dataset"]), aug_expected,
+        lambda mode: augment_flow(image=p.name, labels=p.name, dataset=p.run, workspace=p.workspace,
+                                  slices=p.train_slices, n_samples=p.n_samples, root_seed=0, config=p.augment,
+                                  dask_address=p.dask_address, overwrite=mode == "replace"))
+
+    # train: config.json records the configs and inputs; the stamp says the run finished.
+    train_expected = {"unet": p.unet.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
+                      "dataset": paths["dataset"], "validation.z": list(_val_range(p.val_slices))}
+    stamp = _stamp(ws, "train", p.run)
+
+    def train_record() -> dict[str, Any] | None:
+        stamped, folder = read_record(stamp), read_record(paths["model_dir"])
+        if stamped is None and folder is not None:
+            # A run folder without a stamp: a killed or failed run. Same configs: resume it.
+            return {**folder, "complete": False}
+        return stamped
+
+    last_ckpt = os.path.join(paths["model_dir"], "checkpoint-last.pt")
+    train_result = runner.step(
+        "train", paths["model_dir"], train_record, train_expected,
+        lambda mode: train_flow(workspace=p.workspace, dataset=p.run, val_image=p.name, val_labels=p.name,
+                                val_slices=p.val_slices, run=p.run, train=p.train, unet=p.unet,
+                                resume=mode == "resume" and os.path.exists(last_ckpt),
+                                overwrite=mode == "replace"),
+        stamp=stamp)
+    best = os.path.join(paths["model_dir"], "checkpoint-best.pt")
+    if not os.path.exists(best):
+        raise RuntimeError(f"training left no best checkpoint at {best} (no validation ran?)")
+
+    # infer: the prediction records the checkpoint's SHA-256 and the output-shaping config.
+    infer_expected = {"inference.model_sha256": checkpoint_sha256(best),
+                      "inference.config": p.infer.identity()}
+    runner.step(
+        "infer", paths["prediction"], lambda: read_record(paths["prediction"]), infer_expected,
+        lambda mode: infer_flow(workspace=p.workspace, volume=p.name, checkpoint=best, output=p.name,
+                                config=p.infer, dask_address=p.dask_address, overwrite=mode == "replace"))
+
+    # evaluate: metrics.json records what was scored.
+    metrics_path = os.path.join(paths["report"], "metrics.json")
+    eval_expected = {"prediction": paths["prediction"], "labels": paths["labels"],
+                     "polarity": p.evaluate.polarity}
+    runner.step(
+        "evaluate", paths["report"], lambda: read_record(metrics_path), eval_expected,
+        lambda mode: evaluate_flow(workspace=p.workspace, prediction=p.name, labels=p.name,
+                                   polarity=p.evaluate.polarity, run=p.report_name,
+                                   thresholds=p.evaluate.thresholds))
+    if not is_current(metrics_path, eval_expected).current:
+        raise RuntimeError(f"evaluate left no report matching the prediction at {metrics_path}")
+
+    return _publish(p, paths, runner.table, metrics_path, train_result)
+
+
+def _ingest_record(image: dict[str, Any] | None, labels: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The image and label volumes as one output: complete when both are."""
+    if image is None and labels is None:
+        return None
+    parts = {k: {f: r.get(f) for f in ("sources", "params")}
+             for k, r in (("image", image), ("labels", labels)) if r is not None}
+    return {"complete": bool(image and image.get("complete") and labels and labels.get("complete")), **parts}
+
+
+def _val_range(text: str) -> tuple[int, int]:
+    first, last = (int(v) for v in text.split("-"))
+    return first, last + 1
+
+
+SCORE_KEYS = ("pixel_error", "v_rand", "v_info", "v_rand_threshold", "v_info_threshold")
+
+
+def _publish(p: PipelineParams, paths: dict[str, str], steps: list[dict[str, Any]], metrics_path: str,
+             train_result: dict[str, Any] | None) -> dict[str, Any]:
+    from storage.files import read_json, read_jsonl
+
+    whole = read_json(metrics_path)
+    scores = {f"volume_{k}": whole[k] for k in SCORE_KEYS if isinstance(whole.get(k), int | float)}
+    train_cfg = read_record(paths["model_dir"]) or {}
+    best_val: dict[str, Any] = dict(train_result.get("best_metrics", {})) if train_result else {}
+    if not best_val:  # training was skipped: its best validation record from the run's log
+        log = read_jsonl(os.path.join(paths["model_dir"], "metrics.jsonl"))
+        vals = [r for r in log if r.get("kind") == "val"]
+        best_val = max(vals, key=lambda r: r.get("v_rand", float("-inf")), default={})
+    previews = save_previews_task(paths["volume"], paths["report"], paths["prediction"], paths["labels"])
+    rows = [{"scope": f"whole volume {p.name}", **{k: whole.get(k) for k in SCORE_KEYS}}]
+    if best_val:
+        rows.insert(0, {"scope": f"validation slices {p.val_slices} (best checkpoint)",
+                        **{k: best_val.get(k) for k in SCORE_KEYS}})
+    publish_metrics_table(f"pipeline-{p.report_name}-metrics", rows,
+                          f"scores of run {p.run} (the whole volume includes the training slices)")
+    publish_summary(f"pipeline-{p.report_name}-summary", f"Pipeline {p.run}: {p.name}",
+                    {**paths, "metrics": metrics_path}, scores, previews,
+                    [f"{s['step']}: {s['action']} ({s['seconds']} s) - {s['why']}" for s in steps]
+                    + [f"device: {train_cfg.get('device', '?')}"])
+    return {"outputs": {**paths, "metrics": metrics_path}, "metrics": scores, "validation": best_val,
+            "steps": steps, "previews": [pv["path"] for pv in previews]}
