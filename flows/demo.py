@@ -77,8 +77,9 @@ def print_summary(result: dict[str, Any]) -> None:
             if k in result["validation"]:
                 print(f"  {k:<12} {result['validation'][k]:.4f}")
     print("\nwhole volume (includes the training slices):")
+    width = max(map(len, result["metrics"]), default=0)
     for k, v in result["metrics"].items():
-        print(f"  {k:<22} {v:.4f}")
+        print(f"  {k:<{width}} {v:.4f}")
     print("\noutputs:")
     for k, v in result["outputs"].items():
         print(f"  {k:<10} {os.path.abspath(v)}")

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from prefect import flow
 
 from flows.pipeline_config import PipelineParams
+from flows.train import parse_slice_range
 from storage.provenance import check_current, clear_stamp, is_current, read_record, write_stamp
 from storage.workspace import Workspace
 from tasks.locks import output_lock
@@ -153,7 +154,7 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
 
     # train: config.json records the configs and inputs; the stamp says the run finished.
     train_expected = {"unet": p.unet.model_dump(mode="json"), "train": p.train.model_dump(mode="json"),
-                      "dataset": paths["dataset"], "validation.z": list(_val_range(p.val_slices))}
+                      "dataset": paths["dataset"], "validation.z": list(parse_slice_range(p.val_slices))}
     stamp = _stamp(ws, "train", p.run)
 
     def train_record() -> dict[str, Any] | None:
@@ -205,11 +206,6 @@ def _ingest_record(image: dict[str, Any] | None, labels: dict[str, Any] | None) 
     parts = {k: {f: r.get(f) for f in ("sources", "params")}
              for k, r in (("image", image), ("labels", labels)) if r is not None}
     return {"complete": bool(image and image.get("complete") and labels and labels.get("complete")), **parts}
-
-
-def _val_range(text: str) -> tuple[int, int]:
-    first, last = (int(v) for v in text.split("-"))
-    return first, last + 1
 
 
 SCORE_KEYS = ("pixel_error", "v_rand", "v_info", "v_rand_threshold", "v_info_threshold")

@@ -14,8 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from flows.train import parse_slice_range
 from storage.ingest_config import IngestConfig
 from storage.workspace import check_name
+from tasks.augment import parse_slices
 from unet.augment import AugmentConfig
 from unet.infer_config import InferConfig
 from unet.labels import Polarity
@@ -35,14 +37,9 @@ class EvaluateSettings(BaseModel):
                                           "tried for V_rand / V_info (the best is reported).")
 
 
-def _inclusive_range(text: str, what: str) -> tuple[int, int]:
-    try:
-        first, last = (int(v) for v in text.split("-"))
-    except ValueError as e:
-        raise ValueError(f"{what} must look like '20-29' (inclusive), got {text!r}") from e
-    if not 0 <= first <= last:
-        raise ValueError(f"{what} must satisfy 0 <= first <= last, got {text!r}")
-    return first, last
+# Only the form of train_slices is checked here; augment checks it against the volume's real depth.
+# The bound keeps a typo such as '0-999999999' from expanding into a billion-entry list.
+MAX_SLICES = 1 << 20
 
 
 class PipelineParams(BaseModel):
@@ -106,22 +103,24 @@ class PipelineParams(BaseModel):
     @field_validator("val_slices")
     @classmethod
     def _val_range(cls, value: str) -> str:
-        _inclusive_range(value, "val_slices")
+        parse_slice_range(value, "val_slices")
+        return value
+
+    @field_validator("train_slices")
+    @classmethod
+    def _train_selection(cls, value: str) -> str:
+        try:
+            parse_slices(value, n_slices=MAX_SLICES)
+        except ValueError as e:
+            raise ValueError(f"train_slices: {e}") from None
         return value
 
     @model_validator(mode="after")
     def _disjoint_split(self) -> PipelineParams:
-        first, last = _inclusive_range(self.val_slices, "val_slices")
-        for part in self.train_slices.split(","):
-            lo, _, hi = part.strip().partition("-")
-            try:
-                a, b = int(lo), int(hi or lo)
-            except ValueError as e:
-                raise ValueError(f"train_slices must look like '0-19' or '0-9,15', got "
-                                 f"{self.train_slices!r}") from e
-            if a <= last and first <= b:
-                raise ValueError(f"train_slices {self.train_slices!r} overlap val_slices "
-                                 f"{self.val_slices!r}: validation must be held out")
+        held_out = range(*parse_slice_range(self.val_slices, "val_slices"))
+        if set(parse_slices(self.train_slices, n_slices=MAX_SLICES)) & set(held_out):
+            raise ValueError(f"train_slices {self.train_slices!r} overlap val_slices "
+                             f"{self.val_slices!r}: validation must be held out")
         return self
 
     @property

@@ -14,14 +14,14 @@ from unet.model import UNetConfig
 from unet.train import TrainConfig
 
 
-def parse_slice_range(text: str) -> tuple[int, int]:
+def parse_slice_range(text: str, what: str = "validation slices") -> tuple[int, int]:
     """'20-29' (inclusive, as the augment flow writes ranges) → (20, 30), a half-open z range."""
     try:
         first, last = (int(v) for v in text.split("-"))
     except ValueError as e:
-        raise ValueError(f"validation slices must look like '20-29' (inclusive), got {text!r}") from e
+        raise ValueError(f"{what} must look like '20-29' (inclusive), got {text!r}") from e
     if not 0 <= first <= last:
-        raise ValueError(f"validation slices must satisfy 0 <= first <= last, got {text!r}")
+        raise ValueError(f"{what} must satisfy 0 <= first <= last, got {text!r}")
     return first, last + 1
 
 
