@@ -20,6 +20,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -109,10 +110,12 @@ def dask_scaling(n_samples: int) -> list[str]:
         t0 = time.perf_counter()
         out = dask.compute(*tasks, scheduler="threads", num_workers=workers)
         results[workers] = (time.perf_counter() - t0) / n_samples * 1e3
-        digest = hash(b"".join(a.tobytes() for triple in out for a in triple))
+        # sha256, not hash(): Python salts hash() of bytes per process, and this digest is
+        # meant to be compared across runs too.
+        digest = hashlib.sha256(b"".join(a.tobytes() for triple in out for a in triple)).hexdigest()
         rows.append(f"| full samples, Dask threads, {workers} worker(s), groups of {chunk} | "
                     f"{results[workers]:.2f} | {results[1] / results[workers]:.2f}x |")
-        print(rows[-1], f"(output hash {digest & 0xFFFFFFFF:08x})", flush=True)
+        print(rows[-1], f"(output sha256 {digest[:12]})", flush=True)
     warp_only = {}
     for workers in (1, 2):
         tasks = [dask.delayed(warp_group)(block.image[0], block.labels[0], g) for g in groups]

@@ -136,6 +136,10 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/emseg-bench-infer")
     ap.add_argument("--keep", action="store_true", help="keep the input volume for another run")
     args = ap.parse_args()
+    try:  # fail before minutes of engine work, not after them
+        import monai  # noqa: F401
+    except ImportError:
+        sys.exit("MONAI is needed for the comparison (c): .venv/bin/pip install -e '.[bench]'")
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
