@@ -4,11 +4,14 @@ Debian's ``chromium`` (``make browser`` installs it) driven by Python playwright
 pipeline deployment's defaults are set to the small test parameters (as an operator
 would set a deployment's defaults); the test changes one field in the form (the report
 name, so only the evaluate step runs again), submits, and waits for the run to complete.
+Screenshots of the form, the finished run and its summary artifact are saved in the
+test's tmp dir (and copied to ``$EMSEG_SCREENSHOTS`` when set).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
 import time
@@ -82,6 +85,12 @@ def test_custom_run_from_the_ui_form(prefect_stack: PrefectStack, finished_pipel
                 page.goto(f"{prefect_stack.ui_url}/runs/flow-run/{run.id}")
                 page.get_by_text("Completed").first.wait_for(timeout=30_000)
                 page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+                # What a person looks at next: the run's summary artifact (outputs, scores, previews).
+                page.locator("li.p-tab", has_text="Artifacts").first.click()
+                page.get_by_text("pipeline-ui-report-summary").first.click()
+                page.get_by_text("Previews (raw | prediction | label)").first.wait_for(timeout=30_000)
+                page.set_viewport_size({"width": 1280, "height": 2200})  # the page scrolls inside itself
+                page.screenshot(path=str(tmp_path / "summary.png"), full_page=True)
             except Exception:
                 page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
                 (tmp_path / "failure.html").write_text(page.content())
@@ -91,4 +100,10 @@ def test_custom_run_from_the_ui_form(prefect_stack: PrefectStack, finished_pipel
 
     assert state.is_completed(), state.message
     assert (ws / "reports" / "ui-report" / "metrics.json").is_file()
-    assert (tmp_path / "run.png").stat().st_size > 0
+    shots = [tmp_path / f"{n}.png" for n in ("form", "run", "summary")]
+    assert all(s.stat().st_size > 0 for s in shots)
+    if os.environ.get("EMSEG_SCREENSHOTS"):  # keep them somewhere a person will look
+        keep = Path(os.environ["EMSEG_SCREENSHOTS"])
+        keep.mkdir(parents=True, exist_ok=True)
+        for shot in shots:
+            shutil.copy(shot, keep / f"ui-{shot.name}")
