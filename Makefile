@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check storage unet tasks flows tests benchmarks
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy storage unet
+	$(VENV)/bin/mypy storage unet tasks flows
 
 pytest: $(STAMP) browser
 	$(VENV)/bin/pytest -m "not gpu" $(PYTEST_ARGS)

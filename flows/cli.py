@@ -153,10 +153,14 @@ def evaluate(
     polarity: str = typer.Option("zero_is_membrane", help="zero_is_membrane (ISBI) or nonzero_is_membrane."),
 ) -> None:
     """Score a membrane-probability volume against labels (ISBI 2012 metrics); prints a table."""
-    from flows.evaluate import TABLE_KEYS, evaluate_flow
+    from typing import cast
 
+    from flows.evaluate import TABLE_KEYS, evaluate_flow
+    from unet.labels import Polarity
+
+    # The flow validates the value (its parameters are checked by pydantic) and names it if wrong.
     report = evaluate_flow(workspace=workspace, prediction=prediction, labels=labels,
-                           polarity=polarity, run=run)  # type: ignore[arg-type]
+                           polarity=cast(Polarity, polarity), run=run)
     width = max(map(len, TABLE_KEYS))
     typer.echo(f"{'metric':<{width}}  value")
     for key in TABLE_KEYS:

@@ -66,7 +66,8 @@ class _Progress:
             self.bar.stop()
 
 
-@flow(name="infer", task_runner=ThreadPoolTaskRunner(max_workers=8))
+# Prefect's own annotations type a bare ThreadPoolTaskRunner(...) as TaskRunner[Never].
+@flow(name="infer", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
 def infer_flow(workspace: str, volume: str, checkpoint: str, output: str | None = None,
                config: InferConfig | None = None, dask_address: str | None = None,
                overwrite: bool = False) -> dict[str, Any]:

@@ -157,10 +157,14 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
                       "dataset": paths["dataset"], "validation.z": list(parse_slice_range(p.val_slices))}
     stamp = _stamp(ws, "train", p.run)
 
+    best = os.path.join(paths["model_dir"], "checkpoint-best.pt")
+
     def train_record() -> dict[str, Any] | None:
         stamped, folder = read_record(stamp), read_record(paths["model_dir"])
-        if stamped is None and folder is not None:
-            # A run folder without a stamp: a killed or failed run. Same configs: resume it.
+        if folder is None:
+            return None  # never trained, or the run folder was removed: a stamp alone proves nothing
+        if stamped is None or not os.path.exists(best):
+            # A killed or failed run (or one whose best checkpoint was deleted): resume it.
             return {**folder, "complete": False}
         return stamped
 
@@ -172,7 +176,6 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
                                 resume=mode == "resume" and os.path.exists(last_ckpt),
                                 overwrite=mode == "replace"),
         stamp=stamp)
-    best = os.path.join(paths["model_dir"], "checkpoint-best.pt")
     if not os.path.exists(best):
         raise RuntimeError(f"training left no best checkpoint at {best} (no validation ran?)")
 

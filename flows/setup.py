@@ -21,7 +21,7 @@ temporary server that vanishes with the process.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 POOLS = {"cpu": None, "gpu": 1}  # pool name -> concurrency limit (None: unlimited)
 ZOMBIE_AUTOMATION = "emseg: crash zombie flows"
@@ -92,7 +92,8 @@ def ensure_zombie_automation(zombie_after_s: float = DEFAULT_ZOMBIE_AFTER_S) -> 
                          f"got {zombie_after_s}")
     wanted = _zombie_automation(zombie_after_s)
     try:
-        existing = Automation.read(name=ZOMBIE_AUTOMATION)
+        # Called from sync code, Prefect's async_dispatch returns the Automation, not a coroutine.
+        existing = cast(Automation, Automation.read(name=ZOMBIE_AUTOMATION))
     except ValueError:
         wanted.create()
         return "created"
