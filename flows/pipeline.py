@@ -163,8 +163,8 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
         stamped, folder = read_record(stamp), read_record(paths["model_dir"])
         if folder is None:
             return None  # never trained, or the run folder was removed: a stamp alone proves nothing
-        if stamped is None or not os.path.exists(best):
-            # A killed or failed run (or one whose best checkpoint was deleted): resume it.
+        if stamped is None:
+            # A run folder without a stamp: a killed or failed run. Same configs: resume it.
             return {**folder, "complete": False}
         return stamped
 

@@ -58,3 +58,11 @@ def test_failed_step_keeps_earlier_outputs_and_rerun_resumes(prefect_server, tmp
     assert _mtimes(ws) == before  # nothing made before the failure was rewritten
     assert open_volume(ws / "predictions" / "stack.zarr").is_complete
     assert (ws / "reports" / "r1" / "metrics.json").is_file()
+
+    # The run folder removed by hand (the pipeline's own stamp stays): training runs again.
+    import shutil
+
+    shutil.rmtree(ws / "models" / "r1")
+    again = pipeline_flow(params)
+    assert [s["action"] for s in again["steps"]] == ["skipped", "skipped", "create", "replace", "replace"]
+    assert (ws / "models" / "r1" / "checkpoint-best.pt").is_file()
