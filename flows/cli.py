@@ -6,7 +6,11 @@ Each command imports its flow lazily, so ``emseg ingest`` never imports torch. W
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+from storage.errors import StorageError
 
 app = typer.Typer(help="Segment cell membranes in EM volumes with a U-Net, orchestrated by Prefect.",
                   no_args_is_help=True, add_completion=False)
@@ -226,5 +230,21 @@ def demo(
     run_demo(workspace=workspace, isbi_dir=isbi, steps=steps)
 
 
+# What a user can fix (bad input, an existing output, invalid parameters: pydantic's
+# ValidationError is a ValueError) is reported in one line; anything else keeps its traceback.
+USER_ERRORS = (StorageError, ValueError, FileNotFoundError, FileExistsError)
+
+
+def main() -> None:
+    """Console entry point (``emseg``). ``EMSEG_DEBUG=1`` shows the traceback of user errors too."""
+    try:
+        app()
+    except USER_ERRORS as e:
+        if os.environ.get("EMSEG_DEBUG"):
+            raise
+        typer.secho(f"emseg: error: {type(e).__name__}: {e}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -28,3 +29,17 @@ def test_pipeline_rejects_bad_params_before_any_work(tmp_path):
     assert result.exit_code != 0
     assert "source" in str(result.exception) and "no file or folder" in str(result.exception)
     assert not (tmp_path / "ws").exists()
+
+
+def test_console_entry_point_reports_user_errors_in_one_line(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    params = f'{{"source": "/nowhere.tif", "labels": "/nowhere.tif", "workspace": "{tmp_path / "ws"}"}}'
+    monkeypatch.setattr("sys.argv", ["emseg", "pipeline", params])
+    monkeypatch.delenv("EMSEG_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emseg: error: ValidationError") and "no file or folder at '/nowhere.tif'" in err
+    assert "Traceback" not in err
