@@ -20,6 +20,7 @@ from storage.files import write_png
 from storage.volume import open_volume, store_exists
 from storage.workspace import Workspace
 from tasks.progress import RunProgress, run_logger
+from tasks.retry import is_transient
 from unet.augment import AugmentConfig
 from unet.trainset import SourceSlices, prepare_sources, preview_grid, write_pending_groups
 
@@ -108,7 +109,8 @@ def load_sources(image_path: str, labels_path: str, slices: list[int], config: A
     return prepare_sources(image, label, config)
 
 
-@task(name="generate-training-set")
+# Resumable (a ledger of finished groups), so a retry after a transient I/O error continues.
+@task(name="generate-training-set", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=is_transient)
 def generate_training_set(plan: dict[str, Any], n_samples: int, root_seed: int, config: AugmentConfig,
                           group_size: int, dask_address: str | None = None,
                           num_workers: int | None = None) -> dict[str, Any]:

@@ -8,23 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import Task, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
 
-from storage.errors import StorageError
 from storage.ingest import IngestConfig, plan_ingest, plan_pair, run_plan
 from tasks.progress import RunProgress, run_logger
-
-
-def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry only I/O errors that may go away (a flaky network file system), not bad input,
-    existing outputs or missing files: those fail the same way every time."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
-    return isinstance(cause, OSError) and not isinstance(
-        cause, FileNotFoundError | FileExistsError | PermissionError | IsADirectoryError | StorageError)
+from tasks.retry import is_transient
 
 
 @task(name="check-ingest-inputs", cache_policy=NO_CACHE)

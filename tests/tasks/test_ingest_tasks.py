@@ -8,7 +8,8 @@ import pytest
 from prefect.states import Failed
 
 from storage.errors import InputError, StoreExistsError
-from tasks.ingest import ingest_stack, is_transient
+from tasks.ingest import ingest_stack
+from tasks.retry import is_transient
 
 
 def _wrapped(cause: BaseException) -> InputError:
