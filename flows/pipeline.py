@@ -12,8 +12,10 @@
 Steps pass workspace names/paths, never arrays. Before each step the pipeline asks
 :func:`storage.provenance.is_current` whether the step's output is complete and was
 made from the same inputs and parameters, comparing what the stage itself recorded in
-its output (Zarr attrs, config.json, metrics.json); training, whose run folder exists from
-its first step on, is marked finished by a stamp the pipeline writes after it returns.
+its output (Zarr attrs, config.json, metrics.json). Two steps get a stamp the pipeline
+writes after they return: ingest, because it is compared by its inputs' content digests
+(a touched or re-copied stack with the same bytes is not ingested again), and training,
+whose run folder exists from its first step on.
 A current step is skipped unless a step before it ran in this pipeline run (its output
 may have changed). So a re-run after a failure continues at the failed step (and inside
 it: augmentation and inference resume their unfinished groups, training its last
@@ -32,7 +34,14 @@ from prefect import flow
 
 from flows.pipeline_config import PipelineParams
 from flows.train import parse_slice_range
-from storage.provenance import check_current, clear_stamp, is_current, read_record, write_stamp
+from storage.provenance import (
+    check_current,
+    clear_stamp,
+    is_current,
+    memo_content_digest,
+    read_record,
+    write_stamp,
+)
 from storage.workspace import Workspace
 from tasks.locks import output_lock
 from tasks.observe import publish_metrics_table, publish_summary, save_previews_task
@@ -103,12 +112,6 @@ class _Runner:
         return result
 
 
-def _source_fingerprint(path: str) -> list[dict[str, Any]]:
-    from storage.tiff import open_source
-
-    return open_source([path]).fingerprint()
-
-
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     """ingest -> augment -> train -> infer -> evaluate; each step skipped when its output is current.
@@ -130,16 +133,27 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
              "model_dir": ws.model_dir(p.run), "prediction": ws.prediction(p.name),
              "report": ws.report_dir(p.report_name)}
 
-    # ingest: image and labels, each compared with what ingest recorded (file fingerprints, params).
-    ingest_params = p.ingest.output_params()
-    image_expected = {"sources": _source_fingerprint(p.source), "params": ingest_params}
-    label_expected = {"sources": _source_fingerprint(p.labels), "params": ingest_params}
+    # ingest: compared by the inputs' content (SHA-256, remembered by size and mtime), so a
+    # touched or re-copied stack holding the same bytes re-runs nothing; the stamp records
+    # the digests and settings the finished ingest was made from.
+    memo = os.path.join(ws.root, "pipeline", "digests.json")
+    ingest_expected = {"image": memo_content_digest(p.source, memo),
+                       "labels": memo_content_digest(p.labels, memo), "params": p.ingest.output_params()}
+    ingest_stamp = _stamp(ws, "ingest", p.name)
+
+    def ingest_record() -> dict[str, Any] | None:
+        complete = _volumes_complete(read_record(paths["volume"]), read_record(paths["labels"]))
+        if complete is None:
+            return None
+        stamped = read_record(ingest_stamp)
+        return stamped if stamped is not None and complete else {**(stamped or {}), "complete": False}
+
     runner.step(
-        "ingest", paths["volume"],
-        lambda: _ingest_record(read_record(paths["volume"]), read_record(paths["labels"])),
-        {"image": image_expected, "labels": label_expected},
+        "ingest", paths["volume"], ingest_record, ingest_expected,
+        # Anything there that is not current was made from other bytes (or never finished).
         lambda mode: ingest_flow(sources=[p.source], workspace=p.workspace, name=p.name, labels=[p.labels],
-                                 config=p.ingest.model_copy(update={"overwrite": mode == "replace"})))
+                                 config=p.ingest.model_copy(update={"overwrite": mode != "create"})),
+        stamp=ingest_stamp)
 
     # augment: datasets/<run>.zarr records its sources and parameters.
     aug_expected = {"sources.image": paths["volume"], "sources.labels": paths["labels"],
@@ -202,13 +216,11 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     return _publish(p, paths, runner.table, metrics_path, train_result)
 
 
-def _ingest_record(image: dict[str, Any] | None, labels: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The image and label volumes as one output: complete when both are."""
+def _volumes_complete(image: dict[str, Any] | None, labels: dict[str, Any] | None) -> bool | None:
+    """None when neither volume exists, else whether both are complete."""
     if image is None and labels is None:
         return None
-    parts = {k: {f: r.get(f) for f in ("sources", "params")}
-             for k, r in (("image", image), ("labels", labels)) if r is not None}
-    return {"complete": bool(image and image.get("complete") and labels and labels.get("complete")), **parts}
+    return bool(image and image.get("complete") and labels and labels.get("complete"))
 
 
 SCORE_KEYS = ("pixel_error", "v_rand", "v_info", "v_rand_threshold", "v_info_threshold")

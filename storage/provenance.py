@@ -57,6 +57,48 @@ def content_digest(path: str | os.PathLike[str]) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
+def _stat_signature(path: str) -> str:
+    """Digest of the (relative name, size, mtime) of a file or of every file in a folder."""
+    if os.path.isfile(path):
+        st = os.stat(path)
+        entries: list[list[Any]] = [["", st.st_size, st.st_mtime_ns]]
+    else:
+        entries = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                st = os.stat(full)
+                entries.append([os.path.relpath(full, path), st.st_size, st.st_mtime_ns])
+    return params_digest(entries)
+
+
+def memo_content_digest(path: str | os.PathLike[str], memo_file: str | os.PathLike[str]) -> str:
+    """:func:`content_digest` of ``path``, remembered in ``memo_file`` by its files' sizes and mtimes.
+
+    An input whose files did not change (same names, sizes, mtimes) is not read again; a
+    touched or re-copied one is hashed again and, holding the same bytes, keeps its digest.
+    The memo is a JSON file {absolute path: {signature, digest}}, rewritten atomically; two
+    writers at once can only lose an entry, which costs one more hash later.
+    """
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise StoreNotFoundError(f"no file or folder at {p}")
+    key, signature = os.path.abspath(p), _stat_signature(p)
+    memo_path = os.fspath(memo_file)
+    memo: dict[str, Any] = {}
+    if os.path.isfile(memo_path):
+        loaded = read_json(memo_path)
+        memo = loaded if isinstance(loaded, dict) else {}
+    hit = memo.get(key)
+    if isinstance(hit, dict) and hit.get("signature") == signature and isinstance(hit.get("digest"), str):
+        return str(hit["digest"])
+    digest = content_digest(p)
+    memo[key] = {"signature": signature, "digest": digest}
+    write_json(memo_path, memo)
+    return digest
+
+
 def params_digest(values: Any) -> str:
     """A stable digest of JSON-able parameters (key order does not matter)."""
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)

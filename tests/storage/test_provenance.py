@@ -78,3 +78,26 @@ def test_records_of_zarr_store_and_folder(tmp_path):
     assert is_current(run, {"train.steps": 5}).current
     write_json(run / "config.json", {"train": {"steps": 5}, "complete": False})
     assert not is_current(run, {"train.steps": 5}).current
+
+
+def test_memo_digest_rehashes_only_changed_files(tmp_path, monkeypatch):
+    from storage import provenance
+
+    f, memo = tmp_path / "stack.tif", tmp_path / "memo" / "digests.json"
+    f.write_bytes(b"slices")
+    calls = []
+    real = provenance.content_digest
+    monkeypatch.setattr(provenance, "content_digest", lambda p: calls.append(p) or real(p))
+
+    first = provenance.memo_content_digest(f, memo)
+    assert first == provenance.file_digest(f) and len(calls) == 1
+    assert provenance.memo_content_digest(f, memo) == first and len(calls) == 1  # remembered
+
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # copied in again: same bytes
+    assert provenance.memo_content_digest(f, memo) == first and len(calls) == 2
+
+    f.write_bytes(b"other slices")
+    assert provenance.memo_content_digest(f, memo) != first and len(calls) == 3
+    with pytest.raises(StoreNotFoundError, match="no file or folder"):
+        provenance.memo_content_digest(tmp_path / "missing.tif", memo)
