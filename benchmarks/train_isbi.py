@@ -6,7 +6,8 @@
 Prints V_rand, V_info, pixel accuracy (at 0.5 and at its best threshold), wall time, the
 training loop's images/s and, in the same run, the bare train-step images/s of the same
 model and batch (one batch resident on the device, no loading, no validation), and their
-ratio (target >= 0.9). Needs ../shared/data/isbi2012 (beside the checkout).
+ratio (target >= 0.9). Needs the ISBI 2012 training stacks (``--data``; default
+../shared/data/isbi2012 beside the checkout).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="8-fold flip/rotation averaging at validation")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--workdir", help="workspace (default: a temporary directory)")
+    ap.add_argument("--data", default=str(ISBI), help="folder with train-volume.tif and train-labels.tif "
+                    "(default: ../shared/data/isbi2012 beside the checkout)")
     args = ap.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -103,7 +106,8 @@ def main() -> None:
     ws = Workspace(args.workdir or tmp.name)  # type: ignore[union-attr]
     t0 = time.perf_counter()
     if not Path(ws.volume("isbi")).exists():
-        ingest_with_labels(str(ISBI / "train-volume.tif"), str(ISBI / "train-labels.tif"),
+        data = Path(args.data)
+        ingest_with_labels(str(data / "train-volume.tif"), str(data / "train-labels.tif"),
                            ws.volume("isbi"), ws.labels("isbi"))
     t_ingest = time.perf_counter() - t0
     t0 = time.perf_counter()
