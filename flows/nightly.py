@@ -119,7 +119,7 @@ def _process_stack(ws: Workspace, name: str, path: str, labels: str | None, dige
         result["metrics"] = {k: report[k] for k in ("pixel_error", "v_rand", "v_info") if k in report}
     previews = save_previews_task(vols["image"], report_dir, ws.prediction(name), vols["labels"], 1)
     result["previews"] = [p["path"] for p in previews]
-    result["thumbs"] = [p for p in previews]
+    result["thumbs"] = list(previews)  # with their data: URIs, for the run's summary artifact
     return result
 
 
