@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from storage.inbox import ProcessedLedger, newest_best_checkpoint, scan_stable, stack_name
 from storage.ingest_config import IngestConfig
-from storage.provenance import file_digest, is_current, params_digest
+from storage.provenance import is_current, memo_content_digest, params_digest
 from storage.workspace import Workspace
 from tasks.locks import output_lock
 from tasks.observe import publish_metrics_table, publish_summary, save_previews_task
@@ -56,13 +56,21 @@ class NightlyParams(BaseModel):
                                      "(tcp://host:8786); none = in-process.")
 
 
+def _digest_memo(workspace: str) -> str:
+    return os.path.join(workspace, "nightly", "digests.json")
+
+
 @task(name="scan-inbox", retries=2, retry_delay_seconds=[5, 30])
-def scan_inbox(inbox: str, settle_s: float) -> dict[str, Any]:
-    """Stable stacks (with their labels and content digests) and files still being copied."""
+def scan_inbox(inbox: str, settle_s: float, memo_file: str) -> dict[str, Any]:
+    """Stable stacks (with their labels and content digests) and files still being copied.
+
+    Digests are remembered by size and mtime in ``memo_file``: stacks already in the inbox
+    last night are not read again, however large.
+    """
     stacks, changing = scan_stable(inbox, settle_s)
     found = []
     for s in stacks:
-        digest = file_digest(s.path)
+        digest = memo_content_digest(s.path, memo_file)
         found.append({"path": s.path, "labels": s.labels, "digest": digest,
                       "name": stack_name(s.path, digest)})
     return {"stacks": found, "changing": changing}
@@ -97,7 +105,7 @@ def process_stack(name: str, path: str, labels: str | None, digest: str, checkpo
                   params: NightlyParams) -> dict[str, Any]:
     """One stack: ingest, infer, evaluate (with labels), previews. Raises on any failure."""
     ws = Workspace(params.workspace)
-    labels_digest = file_digest(labels) if labels else None
+    labels_digest = memo_content_digest(labels, _digest_memo(params.workspace)) if labels else None
     with output_lock(ws.volume(name)):  # the stack's outputs are all named after it
         return _process_stack(ws, name, path, labels, digest, labels_digest, checkpoint, params)
 
@@ -128,7 +136,7 @@ def nightly_flow(params: NightlyParams = NightlyParams()) -> dict[str, Any]:  # 
     """Process every new, stable stack in the inbox; report processed, failed and waiting ones."""
     log = run_logger()
     ledger = ProcessedLedger.in_workspace(params.workspace)
-    scan = scan_inbox(params.inbox, params.settle_s)
+    scan = scan_inbox(params.inbox, params.settle_s, _digest_memo(params.workspace))
     todo, seen = [], []
     for s in scan["stacks"]:
         entry = ledger.get(s["digest"])
