@@ -7,28 +7,22 @@ written under a temporary name and renamed, so an inbox scanner never sees half 
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 
 import numpy as np
 import tifffile
 
 from storage.errors import StoreExistsError
+from storage.files import atomic_write_bytes
 from storage.synthetic import SyntheticSpec, generate_volume
 
 
 def _atomic_imwrite(path: str, data: np.ndarray) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=directory)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, data, photometric="minisblack")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # Small stacks (demo, tests): encoded in memory, then written with the project's atomic writer.
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, data, photometric="minisblack")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_synthetic_stack(out_dir: str | os.PathLike[str], spec: SyntheticSpec, stem: str = "synthetic",

@@ -33,6 +33,11 @@ def _to_u8(slice2d: np.ndarray) -> np.ndarray:
     return np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+def evenly_spaced(z0: int, z1: int, n: int) -> list[int]:
+    """At most ``n`` distinct slice indices spread evenly over [z0, z1), both ends included."""
+    return sorted({int(round(z)) for z in np.linspace(z0, z1 - 1, num=min(n, z1 - z0))})
+
+
 def preview_strip(raw: np.ndarray, prediction: np.ndarray | None, label: np.ndarray | None,
                   gap: int = 4) -> np.ndarray:
     """Side-by-side uint8 image (H, W') of the given (H, W) slices with white gaps between."""
@@ -48,7 +53,8 @@ def preview_strip(raw: np.ndarray, prediction: np.ndarray | None, label: np.ndar
     return np.concatenate(parts[:-1], axis=1)
 
 
-def _thumbnail_data_uri(image: np.ndarray) -> str:
+def thumbnail_data_uri(image: np.ndarray) -> str:
+    """A small PNG of ``image`` as a ``data:`` URI, for markdown artifacts."""
     from PIL import Image
 
     pil = Image.fromarray(image)
@@ -73,7 +79,7 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
         if other is not None and other.shape != raw.shape:
             raise ValueError(f"{other.path} has shape {other.shape}, {raw.path} has {raw.shape}")
     nz = raw.shape[0]
-    zs = sorted({int(round(z)) for z in np.linspace(0, nz - 1, num=min(n_slices, nz))})
+    zs = evenly_spaced(0, nz, n_slices)
     out = []
     for z in zs:
         def one(v: Any, z: int = z) -> np.ndarray | None:
@@ -81,7 +87,7 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
         strip = preview_strip(one(raw), one(pred), one(lab))  # type: ignore[arg-type]
         path = os.path.join(out_dir, f"preview-z{z:04d}.png")
         write_png(path, strip)
-        out.append({"z": z, "path": path, "thumb": _thumbnail_data_uri(strip)})
+        out.append({"z": z, "path": path, "thumb": thumbnail_data_uri(strip)})
     return out
 
 
@@ -104,7 +110,8 @@ def summary_markdown(title: str, outputs: Mapping[str, str], metrics: Mapping[st
     return "\n".join(lines)
 
 
-def _artifact_key(key: str) -> str:
+def artifact_key(key: str) -> str:
+    """``key`` made a valid Prefect artifact key."""
     # Artifact keys allow only lowercase letters, digits and dashes.
     cleaned = "".join(c if c.isalnum() else "-" for c in key.lower())
     return "-".join(filter(None, cleaned.split("-")))
@@ -116,7 +123,7 @@ def publish_summary(key: str, title: str, outputs: dict[str, str], metrics: dict
     """Markdown artifact (key ``key``) with the outputs, metrics and previews; returns the text."""
     text = summary_markdown(title, outputs, metrics, previews or [], notes or [])
     try:
-        create_markdown_artifact(text, key=_artifact_key(key), description=title)
+        create_markdown_artifact(text, key=artifact_key(key), description=title)
     except MissingContextError:
         pass
     return text
@@ -125,7 +132,7 @@ def publish_summary(key: str, title: str, outputs: dict[str, str], metrics: dict
 @task(name="publish-metrics-table", retries=2, retry_delay_seconds=[2, 10])
 def publish_metrics_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
     """Table artifact: one row per volume (or run), one column per metric."""
-    create_table_artifact(rows, key=_artifact_key(key), description=description)
+    create_table_artifact(rows, key=artifact_key(key), description=description)
 
 
 @task(name="save-previews", retries=2, retry_delay_seconds=[2, 10])

@@ -13,7 +13,7 @@ from storage.dataset import open_training_set
 from storage.files import write_png
 from storage.volume import open_volume
 from storage.workspace import Workspace
-from tasks.observe import _artifact_key, _thumbnail_data_uri, preview_strip
+from tasks.observe import artifact_key, evenly_spaced, preview_strip, thumbnail_data_uri
 from tasks.progress import RunProgress, run_logger
 from unet.labels import polarity_of_dataset
 from unet.model import UNetConfig
@@ -41,7 +41,7 @@ def train_model(workspace: str, dataset: str, val_image: str, val_labels: str, v
     log.info("training %s on %s (%d samples of %s), validating on %s z=%s, device %s",
              run, ts.path, ts.n_samples, ts.image.shape[1:], val_image, list(val_slices),
              torch.cuda.get_device_name() if device == "cuda" else "cpu")
-    progress = RunProgress(_artifact_key(f"train-{run}"), f"training {run}", train.steps, "steps")
+    progress = RunProgress(artifact_key(f"train-{run}"), f"training {run}", train.steps, "steps")
     result = train_loop(ts, val, ws.model_dir(run), unet, train, resume=resume, overwrite=overwrite,
                         device=device, progress=progress.update)
     log.info("trained %s: %d steps, %.1f images/s, best V_rand %.4f at step %s", run, result.step,
@@ -65,7 +65,7 @@ def validation_preview(workspace: str, checkpoint: str, val_image: str, val_labe
 
     ws = Workspace(workspace)
     z0, z1 = val_slices
-    zs = sorted({int(round(z)) for z in np.linspace(z0, z1 - 1, num=min(n_slices, z1 - z0))})
+    zs = evenly_spaced(z0, z1, n_slices)
     image_vol, label_vol = open_volume(ws.volume(val_image)), open_volume(ws.labels(val_labels))
     images = np.stack([image_vol.read(slice(z, z + 1))[0] for z in zs])
     labels = np.stack([label_vol.read(slice(z, z + 1))[0] for z in zs])
@@ -77,4 +77,4 @@ def validation_preview(workspace: str, checkpoint: str, val_image: str, val_labe
     strip = np.concatenate([part for r in rows for part in (r, sep)][:-1], axis=0)
     path = os.path.join(ws.report_dir(run), "validation.png")
     write_png(path, strip)
-    return {"path": path, "z": zs, "thumb": _thumbnail_data_uri(strip)}
+    return {"path": path, "z": zs, "thumb": thumbnail_data_uri(strip)}

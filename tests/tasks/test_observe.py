@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from storage.volume import create_volume
-from tasks.observe import _artifact_key, preview_strip, save_previews, summary_markdown
+from tasks.observe import artifact_key, preview_strip, save_previews, summary_markdown
 
 
 def test_preview_strip_places_panels_side_by_side():
@@ -60,4 +60,4 @@ def test_summary_markdown_lists_outputs_metrics_previews():
 
 
 def test_artifact_keys_are_made_valid():
-    assert _artifact_key("Nightly_Summary v1") == "nightly-summary-v1"
+    assert artifact_key("Nightly_Summary v1") == "nightly-summary-v1"
