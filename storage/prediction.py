@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from storage.blockio import BlockArray
 from storage.errors import StorageError, StoreExistsError, StoreNotFoundError
 from storage.ledger import Ledger
 from storage.volume import (
+    LEVEL0,
     Volume,
     VolumeWriter,
     VoxelSize,
@@ -60,6 +63,8 @@ class PredictionStore:
 
     writer: VolumeWriter
     ledger: Ledger
+    _blocks: BlockArray | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def path(self) -> str:
@@ -77,9 +82,17 @@ class PredictionStore:
         """
         if data.dtype != np.uint8:
             raise ValueError(f"prediction data must be uint8, got {data.dtype}")
-        z0, y0, x0 = (int(s) for s in start)
-        self.writer.write(z0, data, y0, x0)
+        if data.ndim != 3:
+            raise ValueError(f"data must be 3-D (z, y, x), got shape {data.shape}")
+        self._block_array().write(start, data)
         self.ledger.mark_done(block)
+
+    def _block_array(self) -> BlockArray:
+        # Whole shards at a time from several writer threads: storage.blockio's fast path.
+        with self._lock:
+            if self._blocks is None:
+                self._blocks = BlockArray(self.path, LEVEL0, writable=True)
+            return self._blocks
 
     def pending(self) -> list[int]:
         return self.ledger.pending()

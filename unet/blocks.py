@@ -45,12 +45,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 import numpy as np
-
-BlendMode = Literal["crop", "gaussian", "constant"]
-
 
 def _ints(values: Sequence[int], n: int, what: str) -> tuple[int, ...]:
     out = tuple(int(v) for v in values)
@@ -206,30 +202,6 @@ def plan_tiles(padded_yx: tuple[int, int], tile: tuple[int, int],
         tiles.append(Tile(input=Region((y0, x0), (y0 + tile[0], x0 + tile[1])),
                           owned=Region((oy0, ox0), (oy1, ox1))))
     return tuple(tiles)
-
-
-@lru_cache(maxsize=16)
-def blend_window(tile: tuple[int, int], mode: BlendMode) -> np.ndarray:
-    """Weights (y, x), float32, for blending overlapping tiles.
-
-    ``gaussian`` follows MONAI's default (sigma = 0.125 * tile, floored at 1e-3 so the
-    tile borders still count where only one tile covers a pixel). ``constant`` averages.
-    """
-    if mode == "constant" or mode == "crop":
-        ones = np.ones(tile, dtype=np.float32)
-        ones.flags.writeable = False
-        return ones
-    if mode != "gaussian":
-        raise ValueError(f"blend mode must be crop, gaussian or constant, got {mode!r}")
-    axes = []
-    for t in tile:
-        c = (t - 1) / 2
-        sigma = 0.125 * t
-        axes.append(np.exp(-((np.arange(t) - c) ** 2) / (2 * sigma**2)))
-    w = np.outer(axes[0], axes[1])
-    w = np.maximum(w / w.max(), 1e-3).astype(np.float32)
-    w.flags.writeable = False  # cached and shared between calls
-    return w
 
 
 def group_blocks(block_ids: Sequence[int], per_group: int) -> list[list[int]]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from unet.blocks import BlendMode
+from unet.blending import BlendMode
 
 TTA = Literal["none", "flips", "d4"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -28,26 +28,29 @@ class InferConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tile: tuple[int, int] = Field((512, 512), description="Model input tile (y, x) in pixels; must be a "
+    # Default geometry (issue 10): every written pixel gets at least 108 px of real context from the
+    # tile that owns it (crop: min(halo, overlap / 2)), covering the default U-Net's receptive-field
+    # radius of 107 px (unet.model.receptive_field_radius, depth 5), and a padded block is exactly
+    # 2 x 2 tiles (3664 + 2 * 108 = 2048 + 1832), so tile efficiency is (3664 / 4096)**2 = 0.80.
+    # Volumes smaller than a tile get a smaller one (fit_to_volume).
+    tile: tuple[int, int] = Field((2048, 2048), description="Model input tile (y, x) in pixels; must be a "
                                   "multiple of the model's divisor 2**(depth-1).")
-    overlap: tuple[int, int] = Field((64, 64), description="Overlap (y, x) in pixels between neighbouring "
+    overlap: tuple[int, int] = Field((216, 216), description="Overlap (y, x) in pixels between neighbouring "
                                      "tiles inside a block; 0 <= overlap < tile.")
-    halo: tuple[int, int, int] = Field((0, 32, 32), description="Real context (z, y, x) in voxels read "
+    halo: tuple[int, int, int] = Field((0, 108, 108), description="Real context (z, y, x) in voxels read "
                                        "around each write block; mirror padding only at the volume border. "
                                        "z must be 0 for a 2-D model.")
-    blend: BlendMode = Field("gaussian", description="How overlapping tiles combine: 'gaussian' window, "
-                             "'constant' average, or 'crop' (each pixel from the tile it is most "
-                             "central in).")
+    blend: BlendMode = Field("crop", description="How overlapping tiles combine: 'crop' (each pixel from the "
+                             "tile it is most central in: the U-Net paper's overlap-tile strategy), "
+                             "'gaussian' window, or 'constant' average.")
     tta: TTA = Field("none", description="Test-time augmentation averaged over: 'none', 'flips' (4 flips), "
                      "'d4' (4 rotations x 2 flips, square tiles only).")
-    batch_size: int = Field(8, ge=1, description="Tiles per forward pass.")
-    # Tiles per axis of a padded block are 1 + ceil((block + 2 * halo - tile) / (tile - overlap)); the
-    # defaults make block + 2 * halo = tile + 3 * (tile - overlap) exactly (1792 + 64 = 512 + 3 * 448),
-    # so no tile is wasted beyond the overlap itself: 16 tiles of 512² for 1792² voxels.
-    block_shape: tuple[int, int, int] = Field((4, 1792, 1792), description="Write block (z, y, x) in "
+    batch_size: int = Field(2, ge=1, description="Tiles per forward pass (2 x 2048^2 fills a large GPU; "
+                            "lower the tile on small GPUs or on the CPU).")
+    block_shape: tuple[int, int, int] = Field((1, 3664, 3664), description="Write block (z, y, x) in "
                                               "voxels: the output's shard, the unit of resumption. Best "
                                               "when block + 2*halo - tile is a multiple of tile - overlap.")
-    chunks: tuple[int, int, int] = Field((1, 256, 256), description="Output chunk (z, y, x) inside a "
+    chunks: tuple[int, int, int] = Field((1, 458, 458), description="Output chunk (z, y, x) inside a "
                                          "shard; block_shape must be a multiple of it.")
     blocks_per_group: int = Field(0, ge=0, description="Write blocks per unit of work (Prefect/Dask task); "
                                   "0 = automatic (about 100 groups per run).")
@@ -57,8 +60,9 @@ class InferConfig(BaseModel):
     write_threads: int = Field(2, ge=1, description="Threads writing blocks; also the most finished "
                                "blocks waiting to be written.")
     pyramid_levels: int = Field(0, ge=0, le=8, description="Extra 2x-downsampled levels for viewers.")
-    membrane_class: int = Field(0, ge=0, description="Channel holding the membrane class for models "
-                                "with n_classes > 1 (softmax); ignored for a single sigmoid logit.")
+    membrane_class: int | None = Field(None, ge=0, description="Channel holding the membrane class for "
+                                       "models with n_classes > 1 (softmax); default: 1, as training "
+                                       "uses; ignored for a single sigmoid logit.")
     precision: Precision = Field("auto", description="'auto' = bf16 autocast on CUDA, fp32 on CPU.")
     channels_last: bool = Field(True, description="Use channels_last memory format on CUDA.")
     compile: bool = Field(False, description="torch.compile the model on CUDA (slow start, faster "
@@ -95,6 +99,34 @@ class InferConfig(BaseModel):
             eff *= b / (n * t)
         return eff
 
+    def context_px(self) -> int:
+        """Guaranteed real context (pixels) around a written pixel in an interior block, from the
+        tile that contributes to it (crop) — compare with the model's receptive-field radius."""
+        from unet.blending import min_context
+        from unet.blocks import Region, plan_blocks
+
+        shape = (1, *(3 * b for b in self.block_shape[1:]))
+        block = plan_blocks(shape, (1, *self.block_shape[1:]), (0, *self.halo[1:]), (1, *self.tile))[4]
+        write = block.write_in_padded
+        return min_context(block.padded_shape[1:], Region(write.start[1:], write.stop[1:]),  # type: ignore[arg-type]
+                           self.tile, self.overlap, self.blend)
+
     def groups_for(self, n_blocks: int) -> int:
         """Blocks per group: as configured, or about 100 groups per run."""
         return self.blocks_per_group or max(1, math.ceil(n_blocks / 100))
+
+
+# Tiles shrunk to fit a small volume stay a multiple of this: the divisor of the deepest U-Net
+# (depth 8, the most UNetConfig allows), so they fit any model.
+FIT_MULTIPLE = 128
+
+
+def fit_to_volume(cfg: InferConfig, shape: tuple[int, ...] | list[int]) -> InferConfig:
+    """``cfg`` with each tile axis shrunk to the volume's plane (rounded up to ``FIT_MULTIPLE``)
+    where the plane is smaller than the tile, so a 512 x 512 stack is not predicted in mirror-padded
+    2048 x 2048 tiles. Deterministic in (cfg, shape); the run's identity records the result."""
+    tile = tuple(min(t, -(-int(n) // FIT_MULTIPLE) * FIT_MULTIPLE) for t, n in zip(cfg.tile, shape[1:], strict=True))
+    if tile == cfg.tile:
+        return cfg
+    overlap = tuple(min(o, t // 2) for o, t in zip(cfg.overlap, tile, strict=True))
+    return cfg.model_copy(update={"tile": tile, "overlap": overlap})

@@ -74,8 +74,8 @@ def test_tiles_see_real_neighbours_not_padding_inside_the_volume() -> None:
     vol = np.random.default_rng(2).integers(0, 200, shape).astype(np.float32)
     cfg = small_cfg(blend="crop", block_shape=(1, 8, 8), halo=(0, 4, 4))
 
-    def mean_pred(x: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(x.mean(axis=(2, 3), keepdims=True), x.shape).copy()
+    def mean_pred(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
 
     blocks = plan_blocks(shape, cfg.block_shape, cfg.halo, (1, *cfg.tile))
     interior = blocks[2 * 5 + 2]  # write [16, 24) x [16, 24): read [12, 28) exactly one tile
@@ -158,7 +158,7 @@ def test_rerun_skips_finished_blocks(tmp_path: Path) -> None:
 
     calls = []
 
-    def counting(x: np.ndarray) -> np.ndarray:
+    def counting(x: torch.Tensor) -> torch.Tensor:
         calls.append(len(x))
         return x / 255
 
@@ -262,21 +262,21 @@ class _Pointwise(torch.nn.Module):
 def test_tta_inverts_each_view(tta: str) -> None:
     torch.manual_seed(0)
     model = _Pointwise()
-    batch = np.random.default_rng(4).integers(0, 255, (2, 1, 16, 16)).astype(np.float32)
+    batch = torch.from_numpy(np.random.default_rng(4).integers(0, 255, (2, 1, 16, 16)).astype(np.float32))
     plain = ModelPredictor(model, InferConfig(tile=(16, 16), overlap=(0, 0)), n_classes=1)(batch)
     aug = ModelPredictor(model, InferConfig(tile=(16, 16), overlap=(0, 0), tta=tta), n_classes=1)(batch)  # type: ignore[arg-type]
     assert plain.shape == (2, 1, 16, 16) and 0 <= plain.min() and plain.max() <= 1
-    np.testing.assert_allclose(aug, plain, atol=1e-6)
+    torch.testing.assert_close(aug, plain, atol=1e-6, rtol=0)
 
 
 def test_softmax_model_returns_the_membrane_class() -> None:
     torch.manual_seed(0)
     model = _Pointwise(n_classes=3)
-    batch = np.random.default_rng(5).integers(0, 255, (1, 1, 8, 8)).astype(np.float32)
+    batch = torch.from_numpy(np.random.default_rng(5).integers(0, 255, (1, 1, 8, 8)).astype(np.float32))
     p = [ModelPredictor(model, InferConfig(tile=(8, 8), overlap=(0, 0), membrane_class=c), 3)(batch)
          for c in range(3)]
-    np.testing.assert_allclose(sum(p), 1.0, atol=1e-6)
-    assert not np.allclose(p[0], p[1])
+    torch.testing.assert_close(sum(p), torch.ones_like(p[0]), atol=1e-6, rtol=0)
+    assert not torch.allclose(p[0], p[1])
 
 
 def test_checkpoint_problems_are_clear_errors(tmp_path: Path) -> None:
@@ -288,7 +288,7 @@ def test_checkpoint_problems_are_clear_errors(tmp_path: Path) -> None:
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, UNet(mcfg), mcfg)
     pred = load_predictor(str(ckpt), InferConfig(tile=(16, 16), overlap=(4, 4), membrane_class=1))
-    out = pred(np.zeros((2, 1, 16, 16), np.float32))
+    out = pred(torch.zeros((2, 1, 16, 16)))
     assert out.shape == (2, 1, 16, 16)
     with pytest.raises(ValueError, match=r"tile \(18, 18\) must be a multiple of 4"):
         load_predictor(str(ckpt), InferConfig(tile=(18, 18), overlap=(4, 4)))

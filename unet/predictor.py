@@ -1,0 +1,130 @@
+"""Predictors: what blockwise inference runs on each batch of tiles.
+
+A *predictor* is any callable mapping a batch of tiles, a float32 tensor (B, 1, H, W) of raw
+intensities (0..255 for uint8 volumes) on the engine's device, to a tensor (B, C, H, W) whose
+channel 0 is the membrane probability in [0, 1]. It may carry a ``device`` attribute (a
+``torch.device``) naming where the engine should put the tiles; without one, the CPU.
+Predictors must not synchronise with the host (no ``.cpu()``, ``.item()``): the engine keeps
+the GPU queue full by never waiting on a batch.
+
+Tests use arithmetic predictors (``lambda x: x + 1``, :class:`AffinePredictor`) so stitching
+is checked exactly; production uses :class:`ModelPredictor` around a U-Net.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from unet.infer_config import InferConfig
+from unet.tta import tta_average
+
+# Intensities are scaled to [0, 1] as in training (uint8 EM / 255).
+INPUT_SCALE = 1.0 / 255.0
+
+
+class AffinePredictor:
+    """``x * scale + offset`` (after an optional sleep): a picklable arithmetic predictor for tests
+    and benchmarks of the engine itself; ``AffinePredictor(1 / 255)`` costs next to nothing.
+    ``functools.partial(AffinePredictor, ...)`` is a factory."""
+
+    def __init__(self, scale: float = 1.0, offset: float = 0.0, delay_s: float = 0.0) -> None:
+        self.scale, self.offset, self.delay_s = scale, offset, delay_s
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = batch * self.scale if self.scale != 1 else batch
+        return out + self.offset if self.offset else out
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA if available, else CPU; a named CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    return dev
+
+
+def effective_precision(cfg: InferConfig, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.precision
+
+
+def membrane_channel(n_classes: int, membrane_class: int | None) -> int:
+    """Which softmax channel is membrane: as configured, else training's convention (the loss in
+    :mod:`unet.train` makes class 1 membrane for any n_classes > 1); 0 for a single sigmoid logit."""
+    if membrane_class is not None:
+        return membrane_class
+    return 1 if n_classes > 1 else 0
+
+
+class ModelPredictor:
+    """A U-Net as a predictor: tiles (B, 1, H, W) of raw intensities → membrane probability (B, 1, H, W).
+
+    On CUDA: bf16 autocast, channels_last, optional ``torch.compile`` (fixed batch shapes: the
+    engine pads the last batch of a block). On CPU: plain fp32 (or bf16 if asked). TTA averages
+    probabilities over the views of :mod:`unet.tta`.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: InferConfig, n_classes: int) -> None:
+        self.device = resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        self.precision = effective_precision(cfg, self.device)
+        self.tta, self.n_classes = cfg.tta, n_classes
+        self.membrane_class = membrane_channel(n_classes, cfg.membrane_class)
+        model = model.to(self.device).eval()
+        self.channels_last = self.cuda and cfg.channels_last
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model: Any = torch.compile(model) if (cfg.compile and self.cuda) else model
+        self.fixed_batch = cfg.batch_size if (cfg.compile and self.cuda) else None
+
+    def membrane(self, x: torch.Tensor) -> torch.Tensor:
+        """Membrane probability (B, 1, H, W) float32 of inputs already scaled to [0, 1]."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x).float()
+        if self.n_classes == 1:
+            return torch.sigmoid(logits[:, :1])
+        return torch.softmax(logits, dim=1)[:, self.membrane_class : self.membrane_class + 1]
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, torch.float32, non_blocking=True) * INPUT_SCALE
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return tta_average(self.membrane, x, self.tta)
+
+
+def check_fits_model(cfg: InferConfig, model_config: Any) -> None:
+    """ValueError naming the problem when tile, halo or classes do not fit the model."""
+    if getattr(model_config, "padding", "same") != "same":
+        raise ValueError("blockwise inference needs a same-padding U-Net; this checkpoint uses "
+                         f"padding={model_config.padding!r}")
+    if model_config.in_channels != 1:
+        raise ValueError(f"inference reads grey-level volumes (1 channel); the model expects "
+                         f"{model_config.in_channels} input channels")
+    div = model_config.divisor
+    if cfg.tile[0] % div or cfg.tile[1] % div:
+        raise ValueError(f"tile {cfg.tile} must be a multiple of {div} (2**(depth-1)) for a depth-"
+                         f"{model_config.depth} U-Net")
+    if cfg.halo[0] != 0:
+        raise ValueError(f"halo z must be 0 for the 2-D U-Net (it sees one slice), got halo {cfg.halo}")
+    mc = cfg.membrane_class
+    if model_config.n_classes > 1 and mc is not None and mc >= model_config.n_classes:
+        raise ValueError(f"membrane_class {mc} does not exist in a model with "
+                         f"{model_config.n_classes} classes")
+
+
+def load_predictor(checkpoint: str, cfg: InferConfig) -> ModelPredictor:
+    """Load a checkpoint and wrap it (the factory Dask workers call; see :class:`unet.inference.InferJob`)."""
+    from unet.checkpoint import load_model
+
+    model, mcfg = load_model(checkpoint, map_location="cpu")
+    check_fits_model(cfg, mcfg)
+    return ModelPredictor(model, cfg, mcfg.n_classes)

@@ -1,0 +1,176 @@
+"""One block on the device: cut tiles, predict, crop or blend, normalise, quantise to uint8.
+
+Everything here runs on the predictor's device (a CUDA GPU, or the CPU in tests) and never
+waits for it: tiles are copied into a reused float32 batch buffer straight from the block's
+uint8 tensor (one pass, converting as it copies), predictions are written into the block's
+output as they come, and the only thing handed back is a uint8 tensor of the write region.
+Axis order: the padded block (z, y, x) in voxels, tiles and batches (B, 1, y, x).
+
+::
+
+    padded block (uint8, on device)       batch buffer (B, 1, T, T) float32
+    ┌──────────────┐   copy_ per tile    ┌───┬───┬───┐
+    │ ┌──┐┌──┐     │ ──────────────────▶ │ t0│ t1│ … │ ──predictor──▶ (B, C, T, T)
+    │ └──┘└──┘ ... │                     └───┴───┴───┘                     │
+    └──────────────┘                                                       ▼
+      crop:  owned part of each tile × 255, clamp, round ──▶ uint8 write region
+      blend: accumulate tile × window (float32), then × 255 / Σ window, clamp, round ──▶ uint8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from unet.blending import blend_window, useful_tiles
+from unet.blocks import Block, Region, Tile
+from unet.infer_config import InferConfig
+
+Predictor = Callable[[torch.Tensor], Any]
+
+
+@dataclass(frozen=True)
+class BlockTiles:
+    """The work of one block shape: useful tiles, the (z, tile) jobs in order, and the plane
+    region (padded coordinates, y, x) the blend accumulator must cover."""
+
+    tiles: tuple[Tile, ...]
+    jobs: tuple[tuple[int, int], ...]
+    plane: Region
+    write: Region  # (y, x) in padded coordinates
+
+
+@lru_cache(maxsize=64)
+def block_tiles(padded_shape: tuple[int, int, int], write: Region, cfg: InferConfig) -> BlockTiles:
+    """Tiles and jobs of a padded block (z, y, x) whose write region is ``write`` (padded coords)."""
+    plane = (padded_shape[1], padded_shape[2])
+    write_yx = Region(write.start[1:], write.stop[1:])
+    tiles = useful_tiles(plane, write_yx, cfg.tile, cfg.overlap, cfg.blend)
+    jobs = tuple((z, i) for z in range(write.start[0], write.stop[0]) for i in range(len(tiles)))
+    lo = tuple(min(t.input.start[a] for t in tiles) for a in (0, 1))
+    hi = tuple(max(t.input.stop[a] for t in tiles) for a in (0, 1))
+    return BlockTiles(tiles, jobs, Region(lo, hi), write_yx)
+
+
+def quantise_into(dst: torch.Tensor, prob: torch.Tensor, scale: float | torch.Tensor = 255.0) -> None:
+    """``dst`` (uint8) ← round(clamp(prob × scale, 0, 255)); round half to even, as ``np.rint``."""
+    q = torch.mul(prob, scale)
+    dst.copy_(q.clamp_(0, 255).round_())  # exact integers: the cast to uint8 loses nothing
+
+
+class BlockPredictor:
+    """Runs a predictor over blocks on ``device``; :meth:`uint8` is the engine's path,
+    :meth:`probabilities` the same computation kept in float32 (for exact stitching tests)."""
+
+    def __init__(self, predictor: Predictor, cfg: InferConfig, device: torch.device | str = "cpu",
+                 fixed_batch: int | None = None) -> None:
+        self.predictor, self.cfg, self.device = predictor, cfg, torch.device(device)
+        self.fixed_batch = fixed_batch  # pad every batch to this size (torch.compile / CUDA graphs)
+        self._buffer: torch.Tensor | None = None
+        self._scales: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def _batch_buffer(self) -> torch.Tensor:
+        if self._buffer is None:
+            self._buffer = torch.zeros((self.cfg.batch_size, 1, *self.cfg.tile), dtype=torch.float32,
+                                       device=self.device)
+        return self._buffer
+
+    def _batches(self, padded: torch.Tensor, work: BlockTiles) -> Any:
+        """Yield (jobs, predictions (n, T, T)) batch by batch; tiles are cut on the device."""
+        bs, buf = self.cfg.batch_size, self._batch_buffer()
+        for i in range(0, len(work.jobs), bs):
+            chunk = work.jobs[i : i + bs]
+            for j, (z, ti) in enumerate(chunk):
+                buf[j, 0].copy_(padded[z][work.tiles[ti].input.slices])  # uint8 → float32 in one pass
+            n = self.fixed_batch or len(chunk)
+            pred = self.predictor(buf[:n])
+            if pred.ndim != 4 or pred.shape[0] != n or tuple(pred.shape[2:]) != tuple(self.cfg.tile):
+                raise ValueError(f"predictor returned shape {tuple(pred.shape)}, expected "
+                                 f"({n}, C, {self.cfg.tile[0]}, {self.cfg.tile[1]})")
+            yield chunk, pred[: len(chunk), 0]
+
+    def _check(self, padded: torch.Tensor, block: Block) -> BlockTiles:
+        if tuple(padded.shape) != block.padded_shape:
+            raise ValueError(f"padded block has shape {tuple(padded.shape)}, expected {block.padded_shape}")
+        return block_tiles(block.padded_shape, block.write_in_padded, self.cfg)
+
+    def _accumulate(self, padded: torch.Tensor, block: Block, work: BlockTiles) -> torch.Tensor:
+        """Window-weighted sum of the tiles' predictions over ``work.plane``, (z, y, x) float32."""
+        w = block.write_in_padded
+        acc = torch.zeros((w.shape[0], *work.plane.shape), dtype=torch.float32, device=self.device)
+        window = self._window()
+        y0, x0 = work.plane.start
+        for chunk, pred in self._batches(padded, work):
+            for j, (z, ti) in enumerate(chunk):
+                r = work.tiles[ti].input.shifted((-y0, -x0))
+                acc[z - w.start[0]][r.slices].addcmul_(pred[j], window)
+        return acc
+
+    def _window(self) -> torch.Tensor:
+        key = ("window",)
+        if key not in self._scales:
+            self._scales[key] = torch.from_numpy(np.array(blend_window(self.cfg.tile, self.cfg.blend))).to(
+                self.device)
+        return self._scales[key]
+
+    def _inverse_weight(self, work: BlockTiles, scale: float) -> torch.Tensor:
+        """``scale`` / Σ window over the write region (y, x), cached per geometry."""
+        key = (work, scale)
+        if key not in self._scales:
+            weight = np.zeros(work.plane.shape, np.float64)
+            y0, x0 = work.plane.start
+            window = blend_window(self.cfg.tile, self.cfg.blend)
+            for t in work.tiles:
+                weight[t.input.shifted((-y0, -x0)).slices] += window
+            local = work.write.shifted((-y0, -x0)).slices
+            self._scales[key] = torch.from_numpy((scale / weight[local]).astype(np.float32)).to(self.device)
+        return self._scales[key]
+
+    def _write_view(self, work: BlockTiles) -> tuple[slice, slice]:
+        y0, x0 = work.plane.start
+        return work.write.shifted((-y0, -x0)).slices  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def uint8(self, padded: torch.Tensor, block: Block) -> torch.Tensor:
+        """Membrane probability of the block's write region as uint8 0..255 (z, y, x), on the device."""
+        work = self._check(padded, block)
+        w = block.write_in_padded
+        if self.cfg.blend != "crop":
+            acc = self._accumulate(padded, block, work)
+            out = torch.empty(w.shape, dtype=torch.uint8, device=self.device)
+            quantise_into(out, acc[(slice(None), *self._write_view(work))], self._inverse_weight(work, 255.0))
+            return out
+        out = torch.empty(w.shape, dtype=torch.uint8, device=self.device)
+        for chunk, pred in self._batches(padded, work):
+            for j, (z, ti) in enumerate(chunk):
+                dst, src = _owned_in_write(work.tiles[ti], work.write)
+                quantise_into(out[z - w.start[0]][dst.slices], pred[j][src.slices])
+        return out
+
+    @torch.inference_mode()
+    def probabilities(self, padded: torch.Tensor, block: Block) -> torch.Tensor:
+        """The same prediction before quantisation: float32 (z, y, x) of the write region."""
+        work = self._check(padded, block)
+        w = block.write_in_padded
+        if self.cfg.blend != "crop":
+            acc = self._accumulate(padded, block, work)
+            return acc[(slice(None), *self._write_view(work))] * self._inverse_weight(work, 1.0)
+        out = torch.empty(w.shape, dtype=torch.float32, device=self.device)
+        for chunk, pred in self._batches(padded, work):
+            for j, (z, ti) in enumerate(chunk):
+                dst, src = _owned_in_write(work.tiles[ti], work.write)
+                out[z - w.start[0]][dst.slices] = pred[j][src.slices]
+        return out
+
+
+def _owned_in_write(tile: Tile, write: Region) -> tuple[Region, Region]:
+    """The part of a tile's owned region inside the write region: (in write coords, in tile coords)."""
+    lo = tuple(max(a, c) for a, c in zip(tile.owned.start, write.start, strict=True))
+    hi = tuple(min(b, d) for b, d in zip(tile.owned.stop, write.stop, strict=True))
+    part = Region(lo, hi)
+    return part.shifted(tuple(-s for s in write.start)), part.shifted(tuple(-s for s in tile.input.start))
