@@ -1,4 +1,6 @@
-"""Blockwise inference benchmark: engine Zarr→Zarr vs bare forward vs MONAI, in one run.
+"""Blockwise inference benchmark: engine Zarr→Zarr vs bare forward vs MONAI vs the I/O ceiling, in one run.
+
+    .venv/bin/python benchmarks/infer.py --cpu-proxy     # (d) and (e) only, CPU, under 5 minutes
 
     .venv/bin/python benchmarks/infer.py --shape 8 1792 1792 --base 16 --depth 4 --tile 256 \
         --overlap 32 --halo 16 --block 4 896 896 --chunk 128 --batch 8       # CPU-sized
@@ -9,8 +11,15 @@
 Reports (a) end-to-end voxels/s of the engine, from a synthetic uint8 OME-Zarr volume on disk
 to a uint8 prediction on disk; (b) the bare forward throughput of the same model on
 device-resident batches (the ceiling); (c) MONAI ``sliding_window_inference`` with the same
-model, tile and overlap on as many slices as fit in ``--monai-gib``; plus peak host RSS
-(sampled) and peak GPU memory. Generating the input volume is not timed. Prints JSON.
+model, tile and overlap on as many slices as fit in ``--monai-gib``; (d) the I/O ceiling: the
+same blocks read with their halo and written into the same output layout by the same reader and
+writer threads, with no compute, through zarr-python, zarr-python + zarrs and tensorstore (the
+fastest counts); (e) the engine with a zero-cost predictor (``x / 255``); plus tile efficiency,
+peak host RSS (sampled) and peak GPU memory. Generating the input volume is not timed. Prints JSON.
+
+``--cpu-proxy`` runs (d) and (e) alone on an 8 x 3664 x 3664 volume with the default geometry,
+alternating them ``--rounds`` times (best of each), and prints ``null_engine_voxels_per_s`` and
+``io_ceiling_voxels_per_s``.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import numpy as np
 import psutil
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project and benchmarks.io_ceiling
 
 from storage.synthetic import SyntheticSpec, iter_slabs  # noqa: E402
 from storage.volume import create_volume  # noqa: E402
@@ -131,8 +140,57 @@ def monai_throughput(pred: Any, volume_path: Path, shape: tuple[int, int, int], 
     return n * shape[1] * shape[2] / (time.perf_counter() - t0), n
 
 
+def write_noise(path: Path, shape: tuple[int, int, int]) -> None:
+    """An input like an ingested stack (chunks 1 x 1024², zstd), of random bytes: fast to make, and
+    for the I/O figures only size and compressibility matter."""
+    w = create_volume(path, shape, np.uint8, (50, 4, 4), chunks=(1, 1024, 1024), overwrite=True)
+    rng = np.random.default_rng(0)
+    for z in range(shape[0]):
+        w.write(z, rng.integers(0, 256, (1, *shape[1:]), dtype=np.uint8))
+    w.mark_complete()
+
+
+def cpu_proxy(args: argparse.Namespace) -> None:
+    """(d) and (e) with the default geometry on the CPU, alternated; best of ``args.rounds`` each."""
+    from benchmarks.io_ceiling import LIBRARIES, block_copy, null_engine
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    shape = (8, 3664, 3664)
+    src = work / "proxy-input.zarr"
+    write_noise(src, shape)
+    cfg = InferConfig(device="cpu")
+    copies: dict[str, list[float]] = {lib: [] for lib in LIBRARIES}
+    engine: list[float] = []
+    t0 = time.perf_counter()
+    with PeakRSS() as rss:
+        for _ in range(args.rounds):
+            for lib in LIBRARIES:
+                copies[lib].append(block_copy(src, work / f"copy-{lib}.zarr", cfg, lib))
+            engine.append(null_engine(src, work / "proxy-prediction.zarr", cfg))
+    best = {lib: max(v) for lib, v in copies.items()}
+    ceiling_lib = max(best, key=lambda k: best[k])
+    result = {
+        "what": "CPU proxy of issue 10: (d) I/O ceiling (block copy, no compute) and (e) engine with a "
+                "zero-cost predictor, default InferConfig on device cpu; best of each over the rounds",
+        "shape": list(shape), "voxels": int(np.prod(shape)), "rounds": args.rounds,
+        "block_shape": list(cfg.block_shape), "tile": list(cfg.tile), "overlap": list(cfg.overlap),
+        "halo": list(cfg.halo), "blend": cfg.blend, "tile_efficiency": cfg.tile_efficiency(),
+        "null_engine_voxels_per_s": max(engine), "null_engine_runs": engine,
+        "io_ceiling_voxels_per_s": best[ceiling_lib], "io_ceiling_library": ceiling_lib,
+        "copy_voxels_per_s": copies,
+        "engine_over_tensorstore_copy": max(engine) / best["tensorstore"],
+        "engine_over_ceiling": max(engine) / best[ceiling_lib],
+        "peak_rss_gib": rss.peak / 2**30, "seconds": time.perf_counter() - t0,
+        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
+    }
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu-proxy", action="store_true", help="(d) and (e) only, default geometry, on the CPU")
+    ap.add_argument("--rounds", type=int, default=3, help="--cpu-proxy: alternating rounds (best counts)")
     ap.add_argument("--shape", type=int, nargs=3, default=(16, 1024, 1024), help="volume z y x")
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
@@ -149,6 +207,9 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/emseg-bench-infer")
     ap.add_argument("--keep", action="store_true", help="keep the input volume for another run")
     args = ap.parse_args()
+    if args.cpu_proxy:
+        cpu_proxy(args)
+        return
     try:  # fail before minutes of engine work, not after them
         import monai  # noqa: F401
     except ImportError:

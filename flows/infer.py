@@ -91,8 +91,11 @@ def infer_flow(workspace: str, volume: str, checkpoint: str, output: str | None 
             for fut in as_completed(futures):
                 progress.advance(fut.result()["blocks"])
         else:
-            for g in groups:  # in this process: the model stays loaded, blocks stream
-                infer_group(job, g, None, on_block=lambda _b: progress.advance())
+            # In this process: one task streams every pending block (draining the pipeline between
+            # groups would idle the GPU); a retry redoes only the blocks the ledger lacks.
+            pending = [i for g in groups for i in g]
+            if pending:
+                infer_group(job, pending, None, on_block=lambda _b: progress.advance())
     finally:
         progress.close()
         close_dask_clients()

@@ -38,7 +38,14 @@ from unet.predictor import (
     load_predictor,
     resolve_device,
 )
-from unet.streaming import DeviceTransfer, InFlightMeter, block_bytes, device_of, stream_blocks
+from unet.streaming import (
+    DeviceTransfer,
+    InFlightMeter,
+    block_bytes,
+    device_of,
+    keep_freed_memory_for_reuse,
+    stream_blocks,
+)
 from unet.tiling import BlockPredictor
 
 Predictor = Callable[[torch.Tensor], Any]
@@ -123,6 +130,8 @@ def run_blocks(job: InferJob, source: BlockArray, store: PredictionStore, block_
     cfg = job.config
     engine = _block_predictor(predictor, cfg)
     transfer = DeviceTransfer(engine.device)
+    if engine.device.type == "cpu":
+        keep_freed_memory_for_reuse()
 
     def read(block: Block) -> torch.Tensor:
         return transfer.stage(mirror_pad(source.read(block.read.slices), block))
@@ -218,11 +227,18 @@ def infer_volume(volume_path: str, prediction_path: str, predictor_factory: Call
     run = prepare_run(volume_path, prediction_path, predictor_factory, model_id, cfg, overwrite=overwrite)
     done = run.n_blocks - run.pending_blocks
     if client is None:
-        for group in run.groups:
-            run_group(run.job, group)
-            done += len(group)
-            if progress:
-                progress(done, run.n_blocks)
+        # One stream over every pending block: groups are units for schedulers, and draining the
+        # pipeline between groups would idle the device once per group.
+        lock = threading.Lock()
+
+        def one_done(_block: Block) -> None:
+            nonlocal done
+            with lock:
+                done += 1
+                if progress:
+                    progress(done, run.n_blocks)
+
+        run_group(run.job, [i for g in run.groups for i in g], on_block=one_done)
     else:
         from distributed import as_completed
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from unet.infer_config import InferConfig
@@ -36,6 +37,15 @@ class AffinePredictor:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.delay_s:
             time.sleep(self.delay_s)
+        if batch.device.type == "cpu":
+            # numpy: one single-threaded pass, so that a predictor meant to cost nothing does not
+            # wake torch's intra-op thread pool (whose spinning threads compete with the engine's
+            # reader and writer threads on a small machine).
+            x = batch.numpy()
+            out = x * np.float32(self.scale) if self.scale != 1 else x.copy()
+            if self.offset:
+                out += np.float32(self.offset)
+            return torch.from_numpy(out)
         out = batch * self.scale if self.scale != 1 else batch
         return out + self.offset if self.offset else out
 

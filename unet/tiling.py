@@ -19,7 +19,10 @@ Axis order: the padded block (z, y, x) in voxels, tiles and batches (B, 1, y, x)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -58,9 +61,64 @@ def block_tiles(padded_shape: tuple[int, int, int], write: Region, cfg: InferCon
 
 
 def quantise_into(dst: torch.Tensor, prob: torch.Tensor, scale: float | torch.Tensor = 255.0) -> None:
-    """``dst`` (uint8) ← round(clamp(prob × scale, 0, 255)); round half to even, as ``np.rint``."""
+    """``dst`` (uint8) ← round(clamp(prob × scale, 0, 255)), rounding half to even as ``np.rint``.
+
+    On the CPU the same arithmetic runs through numpy in place: torch's CPU kernels for these
+    element-wise passes allocate and fan out to its intra-op thread pool, which measured 2-5x
+    slower on the 2-core machine while reader and writer threads compete for the cores.
+    """
+    if dst.device.type == "cpu":
+        d = dst.numpy()
+        tmp = np.multiply(prob.numpy(), scale.numpy() if isinstance(scale, torch.Tensor) else np.float32(scale),
+                          dtype=np.float32)
+        np.clip(tmp, 0, 255, out=tmp)
+        np.rint(tmp, out=tmp)
+        np.copyto(d, tmp, casting="unsafe")  # exact integers in 0..255: the cast loses nothing
+        return
     q = torch.mul(prob, scale)
-    dst.copy_(q.clamp_(0, 255).round_())  # exact integers: the cast to uint8 loses nothing
+    dst.copy_(q.clamp_(0, 255).round_())
+
+
+def load_tile(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst`` (float32) ← ``src`` (any dtype), converting as it copies (numpy on the CPU, see above)."""
+    if dst.device.type == "cpu":
+        np.copyto(dst.numpy(), src.numpy(), casting="unsafe")
+    else:
+        dst.copy_(src)
+
+
+def accumulate(acc: torch.Tensor, pred: torch.Tensor, window: torch.Tensor) -> None:
+    """``acc`` += ``pred`` × ``window`` in place."""
+    if acc.device.type == "cpu":
+        a = acc.numpy()
+        a += pred.numpy() * window.numpy()
+    else:
+        acc.addcmul_(pred, window)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def each(device: torch.device, fn: Callable[..., None], items: Sequence[tuple[Any, ...]]) -> None:
+    """``fn(*item)`` for every item: in order on a GPU (the calls only queue kernels); on the CPU
+    spread over one thread per core (numpy releases the GIL), so one block's element-wise work
+    uses every core, not only the thread that drives the pipeline. Items must touch disjoint memory."""
+    global _POOL
+    if device.type != "cpu" or len(items) < 2:
+        for item in items:
+            fn(*item)
+        return
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(min(8, os.cpu_count() or 1), "emseg-tiles")
+    for f in [_POOL.submit(fn, *item) for item in items]:
+        f.result()
+
+
+def _row_parts(n: int, parts: int) -> list[slice]:
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 class BlockPredictor:
@@ -85,14 +143,14 @@ class BlockPredictor:
         bs, buf = self.cfg.batch_size, self._batch_buffer()
         for i in range(0, len(work.jobs), bs):
             chunk = work.jobs[i : i + bs]
-            for j, (z, ti) in enumerate(chunk):
-                buf[j, 0].copy_(padded[z][work.tiles[ti].input.slices])  # uint8 → float32 in one pass
+            each(self.device, load_tile,  # uint8 → float32, one pass
+                 [(buf[j, 0], padded[z][work.tiles[ti].input.slices]) for j, (z, ti) in enumerate(chunk)])
             n = self.fixed_batch or len(chunk)
             pred = self.predictor(buf[:n])
             if pred.ndim != 4 or pred.shape[0] != n or tuple(pred.shape[2:]) != tuple(self.cfg.tile):
                 raise ValueError(f"predictor returned shape {tuple(pred.shape)}, expected "
                                  f"({n}, C, {self.cfg.tile[0]}, {self.cfg.tile[1]})")
-            yield chunk, pred[: len(chunk), 0]
+            yield chunk, pred[: len(chunk), 0].float()  # no-op for float32
 
     def _check(self, padded: torch.Tensor, block: Block) -> BlockTiles:
         if tuple(padded.shape) != block.padded_shape:
@@ -108,7 +166,7 @@ class BlockPredictor:
         for chunk, pred in self._batches(padded, work):
             for j, (z, ti) in enumerate(chunk):
                 r = work.tiles[ti].input.shifted((-y0, -x0))
-                acc[z - w.start[0]][r.slices].addcmul_(pred[j], window)
+                accumulate(acc[z - w.start[0]][r.slices], pred[j], window)
         return acc
 
     def _window(self) -> torch.Tensor:
@@ -140,16 +198,19 @@ class BlockPredictor:
         """Membrane probability of the block's write region as uint8 0..255 (z, y, x), on the device."""
         work = self._check(padded, block)
         w = block.write_in_padded
-        if self.cfg.blend != "crop":
-            acc = self._accumulate(padded, block, work)
-            out = torch.empty(w.shape, dtype=torch.uint8, device=self.device)
-            quantise_into(out, acc[(slice(None), *self._write_view(work))], self._inverse_weight(work, 255.0))
-            return out
         out = torch.empty(w.shape, dtype=torch.uint8, device=self.device)
+        if self.cfg.blend != "crop":
+            acc = self._accumulate(padded, block, work)[(slice(None), *self._write_view(work))]
+            inv = self._inverse_weight(work, 255.0)
+            parts = _row_parts(w.shape[1], min(8, os.cpu_count() or 1) if self.device.type == "cpu" else 1)
+            each(self.device, quantise_into, [(out[:, r], acc[:, r], inv[r]) for r in parts])
+            return out
         for chunk, pred in self._batches(padded, work):
+            items = []
             for j, (z, ti) in enumerate(chunk):
                 dst, src = _owned_in_write(work.tiles[ti], work.write)
-                quantise_into(out[z - w.start[0]][dst.slices], pred[j][src.slices])
+                items.append((out[z - w.start[0]][dst.slices], pred[j][src.slices]))
+            each(self.device, quantise_into, items)  # owned regions are disjoint
         return out
 
     @torch.inference_mode()
