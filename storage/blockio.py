@@ -87,7 +87,8 @@ class BlockArray:
         start = tuple(int(s) for s in start)
         end = tuple(s + n for s, n in zip(start, data.shape, strict=True))
         if min(start) < 0 or any(e > n for e, n in zip(end, self.shape, strict=True)):
-            raise ValueError(f"region at {start} of shape {data.shape} does not fit in {self.shape} ({self.path})")
+            raise ValueError(f"region at {start} of shape {data.shape} does not fit in {self.shape} "
+                             f"({self.path})")
         region = tuple(slice(s, e) for s, e in zip(start, end, strict=True))
         if self._ts is not None:
             self._ts[region].write(data).result()
@@ -110,5 +111,4 @@ def _open_tensorstore(path: str, writable: bool) -> Any:
     }
     # No cache: every block is read once (halos overlap by a few rows) and written once.
     ctx = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-    mode = {"read": True, "write": True} if writable else {"read": True}
-    return ts.open(spec, context=ctx, **mode).result()
+    return ts.open(spec, context=ctx, read=True, write=writable).result()

@@ -60,7 +60,8 @@ def useful_tiles(plane: tuple[int, int], write: Region, tile: tuple[int, int], o
     (halo-only tiles would be computed and thrown away)."""
     def reaches(t: Tile) -> bool:
         r = t.owned if mode == "crop" else t.input
-        return all(a < d and b > c for a, b, c, d in zip(r.start, r.stop, write.start, write.stop, strict=True))
+        return all(a < d and b > c
+                   for a, b, c, d in zip(r.start, r.stop, write.start, write.stop, strict=True))
 
     return tuple(t for t in plan_tiles(plane, tile, overlap) if reaches(t))
 

@@ -125,7 +125,8 @@ def fit_to_volume(cfg: InferConfig, shape: tuple[int, ...] | list[int]) -> Infer
     """``cfg`` with each tile axis shrunk to the volume's plane (rounded up to ``FIT_MULTIPLE``)
     where the plane is smaller than the tile, so a 512 x 512 stack is not predicted in mirror-padded
     2048 x 2048 tiles. Deterministic in (cfg, shape); the run's identity records the result."""
-    tile = tuple(min(t, -(-int(n) // FIT_MULTIPLE) * FIT_MULTIPLE) for t, n in zip(cfg.tile, shape[1:], strict=True))
+    tile = tuple(min(t, -(-int(n) // FIT_MULTIPLE) * FIT_MULTIPLE)
+                 for t, n in zip(cfg.tile, shape[1:], strict=True))
     if tile == cfg.tile:
         return cfg
     overlap = tuple(min(o, t // 2) for o, t in zip(cfg.overlap, tile, strict=True))

@@ -42,10 +42,10 @@ class AffinePredictor:
             # wake torch's intra-op thread pool (whose spinning threads compete with the engine's
             # reader and writer threads on a small machine).
             x = batch.numpy()
-            out = x * np.float32(self.scale) if self.scale != 1 else x.copy()
+            y = x * np.float32(self.scale) if self.scale != 1 else x.copy()
             if self.offset:
-                out += np.float32(self.offset)
-            return torch.from_numpy(out)
+                y += np.float32(self.offset)
+            return torch.from_numpy(y)
         out = batch * self.scale if self.scale != 1 else batch
         return out + self.offset if self.offset else out
 

@@ -69,8 +69,8 @@ def quantise_into(dst: torch.Tensor, prob: torch.Tensor, scale: float | torch.Te
     """
     if dst.device.type == "cpu":
         d = dst.numpy()
-        tmp = np.multiply(prob.numpy(), scale.numpy() if isinstance(scale, torch.Tensor) else np.float32(scale),
-                          dtype=np.float32)
+        factor = scale.numpy() if isinstance(scale, torch.Tensor) else np.float32(scale)
+        tmp = np.multiply(prob.numpy(), factor, dtype=np.float32)
         np.clip(tmp, 0, 255, out=tmp)
         np.rint(tmp, out=tmp)
         np.copyto(d, tmp, casting="unsafe")  # exact integers in 0..255: the cast loses nothing
