@@ -39,5 +39,6 @@ pytest: $(STAMP) browser
 
 test: lint typecheck pytest
 
+# The workspace holds the demo's outputs and its Prefect database (workspace/.prefect).
 clean:
 	rm -rf $(VENV) workspace

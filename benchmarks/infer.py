@@ -17,7 +17,7 @@ writer threads, with no compute, through zarr-python, zarr-python + zarrs and te
 fastest counts); (e) the engine with a zero-cost predictor (``x / 255``); plus tile efficiency,
 peak host RSS (sampled) and peak GPU memory. Generating the input volume is not timed. Prints JSON.
 
-``--cpu-proxy`` runs (d) and (e) alone on an 8 x 3664 x 3664 volume with the default geometry,
+``--cpu-proxy`` runs (d) and (e) alone on an 8 x 4672 x 4672 volume with the default geometry,
 alternating them ``--rounds`` times (best of each), and prints ``null_engine_voxels_per_s`` and
 ``io_ceiling_voxels_per_s``.
 """
@@ -156,7 +156,7 @@ def cpu_proxy(args: argparse.Namespace) -> None:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    shape = (8, 3664, 3664)
+    shape = (8, 4672, 4672)  # one default write block per slice
     src = work / "proxy-input.zarr"
     write_noise(src, shape)
     cfg = InferConfig(device="cpu")

@@ -17,7 +17,7 @@ def augment_flow(
     labels: str,
     dataset: str,
     workspace: str = "workspace",
-    slices: str = "0-19",
+    slices: str = "",
     n_samples: int = 1000,
     root_seed: int = 0,
     config: AugmentConfig = AugmentConfig(),  # noqa: B008 (frozen, so a shared default is safe)
@@ -34,7 +34,8 @@ def augment_flow(
         labels: Label volume name (labels/<labels>.zarr), same shape as the image.
         dataset: Training set to write (datasets/<dataset>.zarr).
         workspace: Workspace root (local path or URL).
-        slices: Source slices, inclusive ranges: "0-19" or "0-9,15".
+        slices: Source slices, inclusive ranges: "0-19" or "0-9,15"; empty: the first two thirds
+            of the volume (the training part of :func:`unet.split.default_split`).
         n_samples: Number of augmented samples.
         root_seed: Root seed; sample i depends only on (root_seed, i).
         config: Augmentation parameters.

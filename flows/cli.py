@@ -25,7 +25,8 @@ def ingest(
     out: str = typer.Option("workspace", "--out", help="Workspace root; writes volumes/<name>.zarr."),
     name: str = typer.Option(..., "--name", help="Volume name."),
     voxel_size: tuple[float, float, float] | None = typer.Option(
-        None, "--voxel-size", help="Voxel size Z Y X in nm (overrides the file's metadata)."),
+        None, "--voxel-size", help="Voxel size Z Y X in nm (overrides the file's metadata; without either, "
+        "1 nm is recorded for the unknown axes, with a warning)."),
     labels: list[str] | None = typer.Option(None, "--labels", help="Label stack (same forms as SRC; repeat "
                                             "the option for several files); writes labels/<name>.zarr."),
     channel: int | None = typer.Option(None, "--channel", help="Channel to keep from RGB/multichannel "
@@ -50,6 +51,11 @@ def ingest(
                        f"dtype {s['dtype']}, voxel size (z, y, x) {tuple(s['voxel_size_nm'])} nm "
                        f"[{s['voxel_size_origin']}], chunks {tuple(s['chunks'])}, shards "
                        f"{tuple(s['shards']) if s['shards'] else None}, levels {s['levels']}")
+            if s.get("voxel_size_unknown"):
+                typer.secho(f"emseg: warning: {s['path']}: voxel size unknown on axes "
+                            f"{', '.join(s['voxel_size_unknown'])} (neither --voxel-size nor the file's "
+                            "metadata gives it); 1 nm recorded there. Pass --voxel-size Z Y X (nm) with "
+                            "--overwrite to record the real size.", err=True, fg=typer.colors.YELLOW)
     typer.echo(json.dumps({k: result[k] for k in ("image", "labels", "seconds") if k in result}, indent=2))
 
 
@@ -91,7 +97,8 @@ def augment(
     labels: str = typer.Option(..., help="Label volume name (labels/<labels>.zarr)."),
     dataset: str = typer.Option(..., help="Training set to write (datasets/<dataset>.zarr)."),
     workspace: str = typer.Option("workspace", help="Workspace root."),
-    slices: str = typer.Option("0-19", help="Source slices, e.g. '0-19' or '0-9,15'."),
+    slices: str = typer.Option("", help="Source slices, e.g. '0-19' or '0-9,15' (default: the first "
+                               "two thirds of the volume; the last third is left for validation)."),
     n_samples: int = typer.Option(1000, help="Number of augmented samples."),
     seed: int = typer.Option(0, help="Root seed: sample i depends only on (seed, i)."),
     config_json: str = typer.Option("{}", "--config", help="AugmentConfig fields as JSON, "
@@ -123,13 +130,19 @@ def train(
     val_labels: str = typer.Option(..., help="Validation label volume name (labels/<name>.zarr)."),
     run: str = typer.Option(..., help="Run name: models/<run>/ and reports/<run>/."),
     workspace: str = typer.Option("workspace", help="Workspace root."),
-    val_slices: str = typer.Option("20-29", help="Validation slices, inclusive 'first-last'."),
+    val_slices: str = typer.Option("", help="Validation slices, inclusive 'first-last' (default: the "
+                                   "last third of the volume, the part augment leaves out)."),
     steps: int | None = typer.Option(None, help="Optimiser steps (overrides --config)."),
     batch_size: int | None = typer.Option(None, help="Samples per step (overrides --config)."),
     config_json: str = typer.Option("{}", "--config", help="TrainConfig fields as JSON, "
                                     "e.g. '{\"lr\": 0.001, \"val_every\": 100}'."),
     unet_json: str = typer.Option("{}", "--unet", help="UNetConfig fields as JSON, "
                                   "e.g. '{\"base_channels\": 32, \"depth\": 4}'."),
+    report_slices: str = typer.Option("", help="Reporting slices, inclusive 'first-last', apart from "
+                                      "--val-slices: the best checkpoint is scored on them at the end "
+                                      "(e.g. select on 20-24, report on 25-29)."),
+    allow_val_overlap: bool = typer.Option(False, "--allow-val-overlap", help="Validate even on slices the "
+                                           "training set was generated from (refused by default)."),
     resume: bool = typer.Option(False, help="Continue models/<run>/checkpoint-last.pt."),
     overwrite: bool = typer.Option(False, help="Start again over an existing run."),
 ) -> None:
@@ -140,36 +153,76 @@ def train(
     from unet.model import UNetConfig
     from unet.train import TrainConfig
 
-    overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size)) if v is not None}
+    overrides: dict[str, object] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size))
+                                    if v is not None}
+    if allow_val_overlap:
+        overrides["allow_val_overlap"] = True
     cfg = TrainConfig.model_validate({**json.loads(config_json), **overrides})
     result = train_flow(workspace=workspace, dataset=dataset, val_image=val_image, val_labels=val_labels,
                         val_slices=val_slices, run=run, train=cfg,
-                        unet=UNetConfig.model_validate_json(unet_json), resume=resume, overwrite=overwrite)
+                        unet=UNetConfig.model_validate_json(unet_json), resume=resume, overwrite=overwrite,
+                        report_slices=report_slices)
     typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()
 def evaluate(
-    prediction: str = typer.Option(..., help="Prediction name (predictions/<name>.zarr) or path."),
+    prediction: str | None = typer.Option(None, help="Prediction name (predictions/<name>.zarr) or path."),
     labels: str = typer.Option(..., help="Label volume name (labels/<name>.zarr)."),
     run: str = typer.Option(..., help="Report name: writes reports/<run>/metrics.json."),
     workspace: str = typer.Option("workspace", help="Workspace root."),
     polarity: str = typer.Option("zero_is_membrane", help="zero_is_membrane (ISBI) or nonzero_is_membrane."),
+    segmentation: str | None = typer.Option(None, help="Cell labels to score too (V_rand, V_info): a name "
+                                            "(segmentations/<name>.zarr) or path."),
 ) -> None:
-    """Score a membrane-probability volume against labels (ISBI 2012 metrics); prints a table."""
+    """Score a membrane-probability volume and/or a segmentation against labels; prints a table."""
     from typing import cast
 
-    from flows.evaluate import TABLE_KEYS, evaluate_flow
+    from flows.evaluate import SEGMENTATION_KEYS, TABLE_KEYS, evaluate_flow
     from unet.labels import Polarity
 
     # The flow validates the value (its parameters are checked by pydantic) and names it if wrong.
     report = evaluate_flow(workspace=workspace, prediction=prediction, labels=labels,
-                           polarity=cast(Polarity, polarity), run=run)
-    width = max(map(len, TABLE_KEYS))
+                           polarity=cast(Polarity, polarity), run=run, segmentation=segmentation)
+    rows = [(key, report[key]) for key in TABLE_KEYS if prediction is not None]
+    rows += [(f"segmentation_{key}", report["segmentation_scores"][key]) for key in SEGMENTATION_KEYS
+             if segmentation is not None]
+    width = max(len(key) for key, _ in rows)
     typer.echo(f"{'metric':<{width}}  value")
-    for key in TABLE_KEYS:
-        value = report[key]
+    for key, value in rows:
         typer.echo(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+
+
+@app.command()
+def segment(
+    probability: str = typer.Argument(..., help="Membrane probability volume (uint8 0..255): a prediction "
+                                      "name, a volume name, or a path to an OME-Zarr volume."),
+    workspace: str = typer.Option("workspace", "--workspace", help="Workspace root; writes "
+                                  "segmentations/<name>.zarr."),
+    name: str | None = typer.Option(None, "--name", help="Segmentation name (default: the probability's)."),
+    threshold: float = typer.Option(0.5, help="Membrane probability below which pixels seed cells."),
+    seed_distance: float = typer.Option(0.0, help="Seeds only farther than this from membrane (pixels)."),
+    min_seed_size: int = typer.Option(0, help="Drop seed components smaller than this (voxels)."),
+    link_slices: bool = typer.Option(False, "--link-slices", help="One ID per cell through z (seeds "
+                                     "overlapping between slices are joined)."),
+    block: tuple[int, int, int] = typer.Option((8, 1024, 1024), "--block", help="Block size Z Y X (voxels)."),
+    halo: int = typer.Option(32, help="Context read around each block in y, x (pixels)."),
+    pyramid_levels: int = typer.Option(0, help="Extra 2x-downsampled levels for viewers."),
+    dask_address: str | None = typer.Option(None, "--dask", help="Dask scheduler address (tcp://host:8786)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing segmentation."),
+) -> None:
+    """Cell labels from membrane probabilities: seeded watershed, blockwise with global IDs, resumable."""
+    import json
+
+    from flows.segment import segment_flow
+    from unet.segment_config import SegmentConfig
+
+    cfg = SegmentConfig(threshold=threshold, seed_distance=seed_distance, min_seed_size=min_seed_size,
+                        link_slices=link_slices, block_shape=block, halo=(halo, halo),
+                        pyramid_levels=pyramid_levels)
+    result = segment_flow(workspace=workspace, probability=probability, name=name, config=cfg,
+                          dask_address=dask_address, overwrite=overwrite)
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -225,8 +278,9 @@ def demo(
     steps: int = typer.Option(300, help="Training steps."),
 ) -> None:
     """The whole pipeline on a small synthetic volume (or ISBI 2012), then prints metrics and outputs."""
-    from flows.demo import run_demo
+    from flows.demo import run_demo, use_workspace_prefect_home
 
+    use_workspace_prefect_home(workspace)  # before Prefect is imported: its database in the workspace
     run_demo(workspace=workspace, isbi_dir=isbi, steps=steps)
 
 

@@ -1,6 +1,7 @@
 """``emseg demo``: the whole pipeline on embedded defaults, in a few minutes on a laptop CPU.
 
 Prefect runs on its temporary local server (unless ``PREFECT_API_URL`` points at one),
+whose database lives in ``<workspace>/.prefect`` unless ``PREFECT_HOME`` says otherwise;
 Dask in-process. Input: a synthetic EM-like volume written as TIFF stacks
 (:mod:`storage.synthetic`: 16 slices of 256 x 256 with known membranes), or the ISBI 2012
 training stacks when their folder is given. The model is small and trains for a few
@@ -10,24 +11,51 @@ hundred steps: the point is to exercise every step, not to reach the best scores
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
 
-from flows.pipeline_config import PipelineParams
-from storage.ingest_config import IngestConfig
-from unet.augment import AugmentConfig
-from unet.infer_config import InferConfig
-from unet.model import UNetConfig
-from unet.train import TrainConfig
+if TYPE_CHECKING:  # importing the pipeline imports Prefect, which must wait for PREFECT_HOME
+    from flows.pipeline_config import PipelineParams
 
 SYNTHETIC_SHAPE = (16, 256, 256)
+PREFECT_DIR = ".prefect"
+
+
+def use_workspace_prefect_home(workspace: str, environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Point ``PREFECT_HOME`` at ``<workspace>/.prefect`` unless Prefect is configured already
+    (``PREFECT_HOME`` or ``PREFECT_API_URL`` set): the demo's temporary server then keeps its
+    database in the workspace, not in ``~/.prefect``, and ``make clean`` removes it with the
+    workspace. Call it before Prefect is imported (Prefect reads its settings once)."""
+    if environ.get("PREFECT_HOME") or environ.get("PREFECT_API_URL"):
+        return environ.get("PREFECT_HOME")
+    environ["PREFECT_HOME"] = os.path.abspath(os.path.join(workspace, PREFECT_DIR))
+    return environ["PREFECT_HOME"]
+
+
+def demo_name(isbi: bool) -> str:
+    """The demo's volume name: each input gets its own volumes, prediction and pipeline stamps."""
+    return "isbi" if isbi else "synthetic"
+
+
+def demo_run(isbi: bool) -> str:
+    """The demo's run name: each input gets its own training set, model folder and report, so
+    the synthetic and the ISBI demos never overwrite (or mix into) each other's outputs."""
+    return f"demo-{demo_name(isbi)}"
 
 
 def demo_params(workspace: str, source: str, labels: str, *, isbi: bool = False,
                 steps: int = 300) -> PipelineParams:
     """Small, fast settings: a 3-level U-Net with 16 base channels, 128-px crops, CPU-sized blocks."""
+    from flows.pipeline_config import PipelineParams
+    from storage.ingest_config import IngestConfig
+    from unet.augment import AugmentConfig
+    from unet.infer_config import InferConfig
+    from unet.model import UNetConfig
+    from unet.train import TrainConfig
+
     size = 512 if isbi else SYNTHETIC_SHAPE[1]
     return PipelineParams(
-        source=source, labels=labels, workspace=workspace, name="isbi" if isbi else "synthetic", run="demo",
+        source=source, labels=labels, workspace=workspace, name=demo_name(isbi), run=demo_run(isbi),
         train_slices="0-19" if isbi else "0-11", val_slices="20-29" if isbi else "12-15",
         n_samples=96 if isbi else 64,
         ingest=IngestConfig(voxel_size=(50.0, 4.0, 4.0) if isbi else (40.0, 4.0, 4.0), shard_z=4,
@@ -73,9 +101,9 @@ def print_summary(result: dict[str, Any]) -> None:
         print(f"  {s['step']:<9} {s['action']:<8} {s['seconds']:>7} s   {s['why']}")
     if result.get("validation"):
         print("\nvalidation slices (best checkpoint):")
-        for k in ("pixel_error", "v_rand", "v_info"):
+        for k in ("isbi_pixel_error", "v_rand", "v_info"):
             if k in result["validation"]:
-                print(f"  {k:<12} {result['validation'][k]:.4f}")
+                print(f"  {k:<16} {result['validation'][k]:.4f}")
     print("\nwhole volume (includes the training slices):")
     width = max(map(len, result["metrics"]), default=0)
     for k, v in result["metrics"].items():

@@ -8,14 +8,15 @@ from prefect import flow
 from pydantic import Field
 
 from storage.workspace import Workspace
-from tasks.evaluate import evaluate_prediction
+from tasks.evaluate import evaluate_prediction, evaluate_segmentation
 from tasks.observe import publish_metrics_table
 from unet.labels import Polarity
 from unet.metrics import DEFAULT_THRESHOLDS
 
-TABLE_KEYS = ("v_rand", "v_rand_threshold", "v_info", "v_info_threshold", "pixel_accuracy",
-              "pixel_accuracy_best", "pixel_accuracy_best_threshold", "pixel_error", "dice", "iou",
-              "n_slices")
+TABLE_KEYS = ("v_rand", "v_rand_threshold", "v_info", "v_info_threshold", "isbi_pixel_error",
+              "isbi_pixel_error_threshold", "pixel_accuracy_at_half", "pixel_accuracy_best",
+              "pixel_accuracy_best_threshold", "dice_at_half", "iou_at_half", "n_slices")
+SEGMENTATION_KEYS = ("v_rand", "v_info", "n_cells", "n_slices")
 
 
 def resolve_prediction(workspace: str, prediction: str) -> str:
@@ -28,19 +29,35 @@ def resolve_prediction(workspace: str, prediction: str) -> str:
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
     workspace: str = Field("workspace", description="Workspace root (local path)."),
-    prediction: str = Field(..., description="Prediction volume: a name (predictions/<name>.zarr) or a "
-                            "path; uint8 membrane probability 0..255."),
+    prediction: str | None = Field(None, description="Prediction volume: a name (predictions/<name>.zarr) "
+                                   "or a path; uint8 membrane probability 0..255."),
     labels: str = Field(..., description="Label volume name (labels/<name>.zarr), same shape."),
     polarity: Polarity = Field("zero_is_membrane", description="Which label value is membrane "
                                "(ISBI: zero_is_membrane, 255 = interior)."),
     run: str = Field(..., description="Report name: writes reports/<run>/metrics.json."),
-    thresholds: tuple[float, ...] = Field(DEFAULT_THRESHOLDS, description="Membrane thresholds tried "
-                                          "for V_rand / V_info."),
+    thresholds: tuple[float, ...] = Field(DEFAULT_THRESHOLDS, description="Membrane thresholds swept for "
+                                          "V_rand / V_info / ISBI pixel error (default 0.0 to 1.0 by 0.1)."),
+    segmentation: str | None = Field(None, description="Cell labels to score too: a name "
+                                     "(segmentations/<name>.zarr) or a path; writes "
+                                     "reports/<run>/segmentation-metrics.json."),
 ) -> dict[str, Any]:
-    """Score a prediction volume with the ISBI 2012 metrics; returns the metrics."""
+    """Score a prediction volume with the ISBI 2012 metrics (and/or a segmentation with V_rand,
+    V_info); returns the metrics, the segmentation's under ``"segmentation_scores"``."""
+    if prediction is None and segmentation is None:
+        raise ValueError("evaluate needs a prediction, a segmentation, or both")
     ws = Workspace(workspace)
-    report = evaluate_prediction(resolve_prediction(workspace, prediction), ws.labels(labels), polarity,
-                                 ws.report_dir(run), tuple(thresholds))
-    publish_metrics_table(f"evaluate-{run}", [{"run": run, **{k: report[k] for k in TABLE_KEYS}}],
-                          f"ISBI 2012 scores of {prediction} against {labels}")
+    report: dict[str, Any] = {}
+    if prediction is not None:
+        report = evaluate_prediction(resolve_prediction(workspace, prediction), ws.labels(labels), polarity,
+                                     ws.report_dir(run), tuple(thresholds))
+        publish_metrics_table(f"evaluate-{run}", [{"run": run, **{k: report[k] for k in TABLE_KEYS}}],
+                              f"ISBI 2012 scores of {prediction} against {labels}")
+    if segmentation is not None:
+        seg_path = segmentation if "/" in segmentation or segmentation.endswith(".zarr") else \
+            ws.segmentation(segmentation)
+        seg = evaluate_segmentation(seg_path, ws.labels(labels), polarity, ws.report_dir(run))
+        publish_metrics_table(f"evaluate-{run}-segmentation",
+                              [{"run": run, **{k: seg[k] for k in SEGMENTATION_KEYS}}],
+                              f"Scores of the cells in {segmentation} against {labels}")
+        report = {**report, "segmentation_scores": seg}
     return report

@@ -30,6 +30,7 @@ from tasks.observe import publish_metrics_table, publish_summary, save_previews_
 from tasks.progress import run_logger
 from unet.infer_config import InferConfig
 from unet.labels import Polarity
+from unet.segment_config import SegmentConfig
 
 
 class NightlyParams(BaseModel):
@@ -54,6 +55,9 @@ class NightlyParams(BaseModel):
     infer: InferConfig = Field(default_factory=InferConfig, description="Blockwise inference settings.")
     dask_address: str | None = Field(None, description="Existing Dask scheduler for inference "
                                      "(tcp://host:8786); none = in-process.")
+    segment: SegmentConfig | None = Field(None, description="Cell segmentation of each prediction "
+                                          "(segmentations/<name>.zarr, scored too where labels exist); "
+                                          "none = skip.")
 
 
 def _digest_memo(workspace: str) -> str:
@@ -121,10 +125,27 @@ def _process_stack(ws: Workspace, name: str, path: str, labels: str | None, dige
     result: dict[str, Any] = {"name": name, "source": path, "volume": vols["image"],
                               "prediction": ws.prediction(name), "metrics": None}
     report_dir = ws.report_dir(f"nightly-{name}")
+    if params.segment is not None:
+        from flows.segment import segment_flow
+        from storage.provenance import check_current, read_record
+
+        expected = {"segment.source": ws.prediction(name), "segment.config": params.segment.identity()}
+        record = read_record(ws.segmentation(name))
+        if not check_current(record, expected).current:  # else made already (a retried stack)
+            # The same source and settings, unfinished: resume; anything else there: replace.
+            same = record is not None and check_current({**record, "complete": True}, expected).current
+            segment_flow(workspace=params.workspace, probability=ws.prediction(name), name=name,
+                         config=params.segment, dask_address=params.dask_address,
+                         overwrite=record is not None and not same)
+        result["segmentation"] = ws.segmentation(name)
     if vols["labels"]:
         report = evaluate_flow(workspace=params.workspace, prediction=name, labels=name,
-                               polarity=params.polarity, run=f"nightly-{name}")
-        result["metrics"] = {k: report[k] for k in ("pixel_error", "v_rand", "v_info") if k in report}
+                               polarity=params.polarity, run=f"nightly-{name}",
+                               segmentation=name if params.segment is not None else None)
+        result["metrics"] = {k: report[k] for k in ("isbi_pixel_error", "v_rand", "v_info") if k in report}
+        if "segmentation_scores" in report:
+            result["metrics"].update({f"cells_{k}": report["segmentation_scores"][k]
+                                      for k in ("v_rand", "v_info", "n_cells")})
     previews = save_previews_task(vols["image"], report_dir, ws.prediction(name), vols["labels"], 1)
     result["previews"] = [p["path"] for p in previews]
     result["thumbs"] = list(previews)  # with their data: URIs, for the run's summary artifact

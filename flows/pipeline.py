@@ -33,7 +33,6 @@ from typing import Any, Literal
 from prefect import flow
 
 from flows.pipeline_config import PipelineParams
-from flows.train import parse_slice_range
 from storage.provenance import (
     check_current,
     clear_stamp,
@@ -46,6 +45,8 @@ from storage.workspace import Workspace
 from tasks.locks import output_lock
 from tasks.observe import publish_metrics_table, publish_summary, save_previews_task
 from tasks.progress import run_logger
+from tasks.split import stack_split
+from unet.split import parse_slice_range
 
 Mode = Literal["create", "resume", "replace"]
 STEPS = ("ingest", "augment", "train", "infer", "evaluate")
@@ -126,9 +127,13 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     from flows.train import train_flow
     from unet.checkpoint import checkpoint_sha256
 
-    p = params
+    # Empty slice selections take their part of the stack's default split; every selection is
+    # checked against the stack's depth (from its header) before any step runs.
+    split = stack_split(params.source, params.train_slices, params.val_slices, params.ingest.channel)
+    p = params.model_copy(update={"train_slices": split.train, "val_slices": split.val})
     ws = Workspace(p.workspace)
     runner = _Runner()
+    runner.log.info("slices: train %s, validation %s", p.train_slices, p.val_slices)
     paths = {"volume": ws.volume(p.name), "labels": ws.labels(p.name), "dataset": ws.dataset(p.run),
              "model_dir": ws.model_dir(p.run), "prediction": ws.prediction(p.name),
              "report": ws.report_dir(p.report_name)}
@@ -213,6 +218,18 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     if not is_current(metrics_path, eval_expected).current:
         raise RuntimeError(f"evaluate left no report matching the prediction at {metrics_path}")
 
+    # segment (optional, params.segment): the segmentation records its source and config.
+    if p.segment is not None:
+        from flows.segment import segment_flow
+
+        seg_path, seg_cfg = ws.segmentation(p.name), p.segment
+        runner.step(
+            "segment", seg_path, lambda: read_record(seg_path),
+            {"segment.source": paths["prediction"], "segment.config": seg_cfg.identity()},
+            lambda mode: segment_flow(workspace=p.workspace, probability=paths["prediction"], name=p.name,
+                                      config=seg_cfg, dask_address=p.dask_address,
+                                      overwrite=mode == "replace"))
+
     return _publish(p, paths, runner.table, metrics_path, train_result)
 
 
@@ -223,21 +240,28 @@ def _volumes_complete(image: dict[str, Any] | None, labels: dict[str, Any] | Non
     return bool(image and image.get("complete") and labels and labels.get("complete"))
 
 
-SCORE_KEYS = ("pixel_error", "v_rand", "v_info", "v_rand_threshold", "v_info_threshold")
+def _checkpoint_scores(path: str) -> dict[str, Any]:
+    """The validation scores a best checkpoint stores beside its weights (scalars only), so a
+    summary always shows the scores of the model on disk, never an earlier run's."""
+    from unet.checkpoint import load_checkpoint
+
+    metrics = load_checkpoint(path)["extra"].get("metrics", {})
+    return {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
+
+
+SCORE_KEYS = ("isbi_pixel_error", "v_rand", "v_info", "v_rand_threshold", "v_info_threshold")
 
 
 def _publish(p: PipelineParams, paths: dict[str, str], steps: list[dict[str, Any]], metrics_path: str,
              train_result: dict[str, Any] | None) -> dict[str, Any]:
-    from storage.files import read_json, read_jsonl
+    from storage.files import read_json
 
     whole = read_json(metrics_path)
     scores = {f"volume_{k}": whole[k] for k in SCORE_KEYS if isinstance(whole.get(k), int | float)}
     train_cfg = read_record(paths["model_dir"]) or {}
     best_val: dict[str, Any] = dict(train_result.get("best_metrics", {})) if train_result else {}
-    if not best_val:  # training was skipped: its best validation record from the run's log
-        log = read_jsonl(os.path.join(paths["model_dir"], "metrics.jsonl"))
-        vals = [r for r in log if r.get("kind") == "val"]
-        best_val = max(vals, key=lambda r: r.get("v_rand", float("-inf")), default={})
+    if not best_val:  # training was skipped: the scores of the checkpoint the prediction came from
+        best_val = _checkpoint_scores(os.path.join(paths["model_dir"], "checkpoint-best.pt"))
     previews = save_previews_task(paths["volume"], paths["report"], paths["prediction"], paths["labels"])
     rows = [{"scope": f"whole volume {p.name}", **{k: whole.get(k) for k in SCORE_KEYS}}]
     if best_val:

@@ -14,15 +14,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from flows.train import parse_slice_range
 from storage.ingest_config import IngestConfig
 from storage.workspace import check_name
-from tasks.augment import parse_slices
 from unet.augment import AugmentConfig
 from unet.infer_config import InferConfig
 from unet.labels import Polarity
 from unet.metrics import DEFAULT_THRESHOLDS
 from unet.model import UNetConfig
+from unet.segment_config import SegmentConfig
+from unet.split import parse_slice_range, parse_slices
 from unet.train import TrainConfig
 
 
@@ -37,7 +37,8 @@ class EvaluateSettings(BaseModel):
                                           "tried for V_rand / V_info (the best is reported).")
 
 
-# Only the form of train_slices is checked here; augment checks it against the volume's real depth.
+# Only the form of the slices is checked here; the pipeline checks them against the stack's depth
+# (read from its header) before any step runs.
 # The bound keeps a typo such as '0-999999999' from expanding into a billion-entry list.
 MAX_SLICES = 1 << 20
 
@@ -62,10 +63,11 @@ class PipelineParams(BaseModel):
                      json_schema_extra={"position": 4})
     report: str = Field("", description="Report name: `reports/<report>/` (empty: the run name).",
                         json_schema_extra={"position": 5})
-    train_slices: str = Field("0-19", description="Slices the training set is augmented from, inclusive "
-                              "ranges: '0-19' or '0-9,15'.", json_schema_extra={"position": 6})
-    val_slices: str = Field("20-29", description="Held-out validation slices, one inclusive range "
-                            "'first-last'.",
+    train_slices: str = Field("", description="Slices the training set is augmented from, inclusive "
+                              "ranges: '0-19' or '0-9,15'. Empty: the first two thirds of the stack.",
+                              json_schema_extra={"position": 6})
+    val_slices: str = Field("", description="Held-out validation slices, one inclusive range "
+                            "'first-last'. Empty: the last third of the stack (at least one slice).",
                             json_schema_extra={"position": 7})
     n_samples: int = Field(400, ge=1, description="Augmented training samples to generate.",
                            json_schema_extra={"position": 8})
@@ -84,6 +86,9 @@ class PipelineParams(BaseModel):
         json_schema_extra={"position": 14})
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings, description="Scoring settings.",
         json_schema_extra={"position": 15})
+    segment: SegmentConfig | None = Field(None, description="Cell segmentation of the prediction "
+                                          "(segmentations/<name>.zarr) after the other steps; none = skip.",
+                                          json_schema_extra={"position": 16})
 
     @field_validator("source", "labels")
     @classmethod
@@ -103,12 +108,15 @@ class PipelineParams(BaseModel):
     @field_validator("val_slices")
     @classmethod
     def _val_range(cls, value: str) -> str:
-        parse_slice_range(value, "val_slices")
+        if value:  # empty: decided from the stack's depth when the run starts (unet.split)
+            parse_slice_range(value, "val_slices")
         return value
 
     @field_validator("train_slices")
     @classmethod
     def _train_selection(cls, value: str) -> str:
+        if not value:
+            return value
         try:
             parse_slices(value, n_slices=MAX_SLICES)
         except ValueError as e:
@@ -117,6 +125,8 @@ class PipelineParams(BaseModel):
 
     @model_validator(mode="after")
     def _disjoint_split(self) -> PipelineParams:
+        if not (self.train_slices and self.val_slices):
+            return self  # checked against the stack's depth when the run starts
         held_out = range(*parse_slice_range(self.val_slices, "val_slices"))
         if set(parse_slices(self.train_slices, n_slices=MAX_SLICES)) & set(held_out):
             raise ValueError(f"train_slices {self.train_slices!r} overlap val_slices "

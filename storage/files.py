@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 from storage.errors import StoreExistsError, StoreNotFoundError
@@ -60,6 +61,32 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
+    """Start a metric log afresh with ``records`` (atomically replacing any earlier log)."""
+    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+
+
+def remove_files(*paths: str | os.PathLike[str]) -> None:
+    """Remove the files that exist among ``paths`` (an earlier run's leftovers)."""
+    for p in paths:
+        if os.path.isfile(p):
+            os.unlink(p)
+
+
+def remove_stale(directory: str | os.PathLike[str], pattern: str, keep: Iterable[str]) -> list[str]:
+    """Remove the files in ``directory`` matching the glob ``pattern`` whose names are not in
+    ``keep``: an earlier run's outputs this run did not rewrite. Returns the removed paths."""
+    import fnmatch
+
+    d, kept = os.fspath(directory), set(keep)
+    if not os.path.isdir(d):
+        return []
+    stale = [os.path.join(d, f) for f in sorted(os.listdir(d))
+             if fnmatch.fnmatch(f, pattern) and f not in kept]
+    remove_files(*stale)
+    return stale
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

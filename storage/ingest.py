@@ -69,18 +69,18 @@ def _layout(shape: tuple[int, int, int], config: IngestConfig) -> tuple[tuple[in
     return chunks, shards, slab_z
 
 
-def _voxel_size(source: TiffSource, config: IngestConfig,
-                override: VoxelSize | Sequence[float] | None) -> tuple[VoxelSize, str]:
+def _voxel_size(source: TiffSource, config: IngestConfig, override: VoxelSize | Sequence[float] | None
+                ) -> tuple[VoxelSize, str, tuple[str, ...]]:
+    """The voxel size, where it came from, and the axes nobody gave a size for (1 nm recorded)."""
     if override is not None:
-        return VoxelSize.of(override), "given"
+        return VoxelSize.of(override), "given", ()
     if config.voxel_size is not None:
-        return VoxelSize.of(config.voxel_size), "config"
+        return VoxelSize.of(config.voxel_size), "config", ()
     known = source.voxel_nm
     values = [v if v is not None else UNKNOWN_VOXEL_NM for v in known]
-    origin = "metadata" if all(v is not None for v in known) else (
-        "metadata, unknown axes set to 1 nm: " + ",".join(a for a, v in zip("zyx", known, strict=True)
-                                                         if v is None))
-    return VoxelSize.of(values), origin
+    unknown = tuple(a for a, v in zip("zyx", known, strict=True) if v is None)
+    origin = "metadata" if not unknown else "metadata, unknown axes set to 1 nm: " + ",".join(unknown)
+    return VoxelSize.of(values), origin, unknown
 
 
 class IngestPlan:
@@ -89,9 +89,10 @@ class IngestPlan:
     (same inputs and settings, complete) or replaced."""
 
     def __init__(self, source: TiffSource, path: str, config: IngestConfig, kind: Kind,
-                 voxel_size: VoxelSize, voxel_origin: str) -> None:
+                 voxel_size: VoxelSize, voxel_origin: str, voxel_unknown: tuple[str, ...] = ()) -> None:
         self.source, self.path, self.config, self.kind = source, path, config, kind
         self.voxel_size = voxel_size
+        self.voxel_unknown = voxel_unknown  # axes whose size no one gave: 1 nm is a placeholder
         self.chunks, self.shards, self.slab_z = _layout(source.shape, config)
         self.attrs: dict[str, Any] = {
             "sources": source.fingerprint(),
@@ -99,6 +100,8 @@ class IngestPlan:
             "params": config.output_params(),
             "voxel_size_origin": voxel_origin,
         }
+        if voxel_unknown:  # said plainly, so viewers and later stages can tell a placeholder size
+            self.attrs["voxel_size_unknown"] = list(voxel_unknown)
         if kind == "label":
             # Same key and values as unet.labels.Polarity (storage may not import unet).
             self.attrs["label_polarity"] = config.label_polarity
@@ -139,8 +142,8 @@ def plan_ingest(sources: Sources, path: str | os.PathLike[str], config: IngestCo
             f"{source.files[0]}: {kind} stack has shape (z, y, x) {source.shape}, "
             f"but the image has {tuple(expected_shape)}"
         )
-    vs, origin = _voxel_size(source, config, voxel_size)
-    return IngestPlan(source, os.fspath(path), config, kind, vs, origin)
+    vs, origin, unknown = _voxel_size(source, config, voxel_size)
+    return IngestPlan(source, os.fspath(path), config, kind, vs, origin, unknown)
 
 
 class _SlabProgress:

@@ -7,6 +7,7 @@
     datasets/<name>.zarr     augmented training set
     models/<run>/            checkpoint-last.pt, checkpoint-best.pt, metrics.jsonl, config.json
     predictions/<name>.zarr  membrane probabilities (OME-Zarr, uint8)
+    segmentations/<name>.zarr cell labels (OME-Zarr image-label, uint32/uint64)
     reports/<run>/           metrics.json, preview PNGs
 
 Paths are plain strings so they travel as Prefect task results and flow parameters.
@@ -55,6 +56,9 @@ class Workspace:
 
     def prediction(self, name: str) -> str:
         return self._join("predictions", f"{check_name(name)}.zarr")
+
+    def segmentation(self, name: str) -> str:
+        return self._join("segmentations", f"{check_name(name)}.zarr")
 
     def report_dir(self, run: str) -> str:
         return self._join("reports", check_name(run, "run"))

@@ -22,37 +22,10 @@ from storage.workspace import Workspace
 from tasks.progress import RunProgress, run_logger
 from tasks.retry import is_transient
 from unet.augment import AugmentConfig
+from unet.split import default_split, parse_slices
 from unet.trainset import SourceSlices, prepare_sources, preview_grid, write_pending_groups
 
 PREVIEW_SAMPLES = 4
-
-
-def parse_slices(selection: str, n_slices: int) -> list[int]:
-    """Slice indices from "0-19" (inclusive), "3", or a comma list of both ("0-9,15,20-24").
-
-    Refuses an empty selection, a malformed part, an index outside 0..n_slices-1 or a repeat.
-    """
-    out: list[int] = []
-    for part in selection.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            lo, _, hi = part.partition("-")
-            start, stop = int(lo), int(hi) if hi else int(lo)
-        except ValueError:
-            raise ValueError(f"slice selection {selection!r}: cannot read {part!r} "
-                             "(use e.g. '0-19' or '0-9,15')") from None
-        if stop < start:
-            raise ValueError(f"slice selection {selection!r}: range {part!r} runs backwards")
-        if start < 0 or stop >= n_slices:
-            raise ValueError(f"slice selection {selection!r} is out of range: the volume has "
-                             f"{n_slices} slices (0..{n_slices - 1})")
-        out.extend(range(start, stop + 1))
-    if not out:
-        raise ValueError(f"slice selection {selection!r} selects no slice")
-    if len(set(out)) != len(out):
-        raise ValueError(f"slice selection {selection!r} lists a slice twice")
-    return out
 
 
 def dataset_attrs(image_path: str, labels_path: str, selection: str, slices: list[int],
@@ -83,6 +56,8 @@ def check_augment_inputs(workspace: str, image: str, labels: str, dataset: str, 
     if image_vol.shape != label_vol.shape:
         raise ShapeMismatchError(f"label volume {label_vol.path} has shape {label_vol.shape}, "
                                  f"but image volume {image_vol.path} has {image_vol.shape}")
+    if not slices:  # the training part of the default split of this volume
+        slices = default_split(image_vol.shape[0]).train
     chosen = parse_slices(slices, image_vol.shape[0])
     shape = (image_vol.shape[1], image_vol.shape[2])
     config.check_shape(shape)

@@ -53,3 +53,20 @@ def evaluate_prediction(prediction_path: str, labels_path: str, polarity: Polari
     report = {"prediction": prediction_path, "labels": labels_path, "polarity": polarity, **metrics}
     write_json(os.path.join(report_dir, "metrics.json"), report)
     return report
+
+
+@task(name="evaluate-segmentation", cache_policy=NO_CACHE)
+def evaluate_segmentation(segmentation_path: str, labels_path: str, polarity: Polarity,
+                          report_dir: str) -> dict[str, Any]:
+    """V_rand / V_info of cell labels (what users receive) against labels; writes
+    ``<report_dir>/segmentation-metrics.json`` and returns it (with the inputs)."""
+    from storage.segmentation import open_segmentation
+    from unet.segment_metrics import score_segmentation
+
+    seg = open_segmentation(segmentation_path)
+    progress = RunProgress("evaluate-segmentation", f"scoring {os.path.basename(segmentation_path)}",
+                           seg.shape[0], "slices")
+    metrics = score_segmentation(seg, open_volume(labels_path), polarity, progress.update)
+    report = {"segmentation": segmentation_path, "labels": labels_path, "polarity": polarity, **metrics}
+    write_json(os.path.join(report_dir, "segmentation-metrics.json"), report)
+    return report

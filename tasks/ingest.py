@@ -44,6 +44,10 @@ def ingest_stack(sources: list[str], path: str, config: IngestConfig, kind: str 
     """Stream one TIFF source into the volume at ``path``; return the volume's summary."""
     plan = plan_ingest(sources, path, config, kind=kind,  # type: ignore[arg-type]
                        voxel_size=voxel_size, expected_shape=expected_shape)
+    if plan.voxel_unknown:
+        run_logger().warning("%s: voxel size unknown on axes %s (neither the config nor the file's metadata "
+                             "gives it): 1 nm recorded there; set voxel_size (--voxel-size Z Y X) for "
+                             "real units", path, ",".join(plan.voxel_unknown))
     if plan.action == "reuse":
         run_logger().info("%s is complete and was made from the same inputs and settings: reused", path)
     progress = RunProgress(f"ingest-{kind}", f"ingest {kind} slabs", total=1, unit="slabs")
@@ -51,4 +55,5 @@ def ingest_stack(sources: list[str], path: str, config: IngestConfig, kind: str 
     summary = volume.summary()
     summary["action"] = plan.action
     summary["voxel_size_origin"] = volume.attrs.get("voxel_size_origin")
+    summary["voxel_size_unknown"] = volume.attrs.get("voxel_size_unknown", [])
     return summary

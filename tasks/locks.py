@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 LEASE_S = 60.0  # the server's minimum; renewed by the holder while it runs
 
@@ -31,18 +31,33 @@ def lock_name(path: str) -> str:
     return f"emseg-write-{tail}-{hashlib.sha1(full.encode()).hexdigest()[:12]}"
 
 
-def _ensure_limit(name: str) -> None:
+def ensure_limit(name: str) -> bool:
+    """Create the global concurrency limit ``name`` (limit 1) unless it exists; True if created.
+
+    Looked up first: a blind create of an existing name fails inside the server, which logs
+    a long IntegrityError traceback, so every re-run would print one per output. Only two
+    runs creating the same new lock at the same instant still meet ObjectAlreadyExists.
+    """
     with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            existing = None
+        if existing is not None:
+            if existing.limit != 1:  # changed by hand in the UI: one writer per output, always
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1))
+            return False
         try:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
         except ObjectAlreadyExists:
-            pass
+            return False
+        return True
 
 
 @contextmanager
 def output_lock(path: str, timeout_s: float | None = None) -> Iterator[None]:
     """Hold the write lock of ``path`` (waiting for another holder, at most ``timeout_s``)."""
     name = lock_name(path)
-    _ensure_limit(name)
+    ensure_limit(name)
     with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=LEASE_S, strict=True):
         yield

@@ -19,7 +19,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import MissingContextError
 
-from storage.files import write_png
+from storage.files import remove_stale, write_png
 from storage.volume import open_volume
 
 THUMB_WIDTH = 384
@@ -70,7 +70,8 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
     """Write preview strips of ``n_slices`` evenly spaced z slices; return [{z, path, thumb}].
 
     Paths are OME-Zarr volumes of the same shape (z, y, x); missing ones are left out of
-    the strip. Reads only the chosen slices, so it is cheap on any volume size.
+    the strip. Reads only the chosen slices, so it is cheap on any volume size. Other
+    ``preview-z*.png`` files in ``out_dir`` (an earlier run's) are removed.
     """
     raw = open_volume(raw_path)
     pred = open_volume(prediction_path) if prediction_path else None
@@ -80,7 +81,7 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
             raise ValueError(f"{other.path} has shape {other.shape}, {raw.path} has {raw.shape}")
     nz = raw.shape[0]
     zs = evenly_spaced(0, nz, n_slices)
-    out = []
+    out: list[dict[str, Any]] = []
     for z in zs:
         def one(v: Any, z: int = z) -> np.ndarray | None:
             return None if v is None else v.read(slice(z, z + 1))[0]
@@ -88,6 +89,8 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
         path = os.path.join(out_dir, f"preview-z{z:04d}.png")
         write_png(path, strip)
         out.append({"z": z, "path": path, "thumb": thumbnail_data_uri(strip)})
+    # Previews of an earlier volume (other depth, other slices) must not sit beside these.
+    remove_stale(out_dir, "preview-z*.png", {os.path.basename(o["path"]) for o in out})
     return out
 
 

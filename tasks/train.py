@@ -23,34 +23,50 @@ from unet.train import TrainConfig
 @task(name="train-unet", cache_policy=NO_CACHE)
 def train_model(workspace: str, dataset: str, val_image: str, val_labels: str, val_slices: tuple[int, int],
                 run: str, unet: UNetConfig, train: TrainConfig, resume: bool = False,
-                overwrite: bool = False) -> dict[str, Any]:
+                overwrite: bool = False, report_slices: tuple[int, int] | None = None) -> dict[str, Any]:
     """Train on ``datasets/<dataset>.zarr``, validate on slices of ``volumes/<val_image>`` /
-    ``labels/<val_labels>``; files go to ``models/<run>/``. Returns paths and best metrics."""
+    ``labels/<val_labels>``; files go to ``models/<run>/``. Returns paths and best metrics.
+
+    ``val_slices`` (half-open z range) pick the best checkpoint; ``report_slices`` (optional,
+    same volumes) score it once at the end. Both are refused when the training set was
+    generated from any of them, unless ``train.allow_val_overlap``."""
     import torch
 
-    from unet.train import ValidationData
+    from unet.train import ValidationData, check_held_out
     from unet.train import train as train_loop
 
     ws = Workspace(workspace)
     ts = open_training_set(ws.dataset(dataset))
     polarity = train.polarity or polarity_of_dataset(ts.attrs)
-    val = ValidationData.from_volumes(open_volume(ws.volume(val_image)), open_volume(ws.labels(val_labels)),
-                                      tuple(val_slices), polarity)  # type: ignore[arg-type]
+    image_vol, label_vol = open_volume(ws.volume(val_image)), open_volume(ws.labels(val_labels))
+    val = ValidationData.from_volumes(image_vol, label_vol, tuple(val_slices), polarity)  # type: ignore[arg-type]
+    check_held_out(ts, val, train.allow_val_overlap)  # before the GPU work is set up
+    report = None
+    if report_slices is not None:
+        report = ValidationData.from_volumes(image_vol, label_vol, tuple(report_slices),  # type: ignore[arg-type]
+                                             polarity)
     log = run_logger()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log.info("training %s on %s (%d samples of %s), validating on %s z=%s, device %s",
              run, ts.path, ts.n_samples, ts.image.shape[1:], val_image, list(val_slices),
              torch.cuda.get_device_name() if device == "cuda" else "cpu")
     progress = RunProgress(artifact_key(f"train-{run}"), f"training {run}", train.steps, "steps")
-    result = train_loop(ts, val, ws.model_dir(run), unet, train, resume=resume, overwrite=overwrite,
-                        device=device, progress=progress.update)
-    log.info("trained %s: %d steps, %.1f images/s, best V_rand %.4f at step %s", run, result.step,
-             result.train_images_per_s, result.best_metrics.get("v_rand", float("nan")),
-             result.best_metrics.get("step"))
+    result = train_loop(ts, val, ws.model_dir(run), unet, train, report=report, resume=resume,
+                        overwrite=overwrite, device=device, progress=progress.update)
+    best = result.best_metrics
+    log.info("trained %s: %d steps, %.1f images/s (validation included; %.1f s of it blocked on "
+             "validation), best V_rand %.4f at step %s (threshold %s)", run, result.step,
+             result.train_images_per_s, result.val_blocking_s, best.get("v_rand", float("nan")),
+             best.get("step"), best.get("v_rand_threshold"))
+    if result.report_metrics:
+        log.info("best checkpoint on the report slices z=%s: V_rand %.4f (threshold %s), ISBI pixel "
+                 "error %.4f", list(report_slices or ()), result.report_metrics["v_rand"],
+                 result.report_metrics["v_rand_threshold"], result.report_metrics["isbi_pixel_error"])
     return {"model_dir": result.model_dir, "last_checkpoint": result.last_checkpoint,
             "best_checkpoint": result.best_checkpoint, "step": result.step,
-            "best_metrics": result.best_metrics, "final_loss": result.final_loss,
-            "train_images_per_s": result.train_images_per_s, "wall_s": result.wall_s}
+            "best_metrics": result.best_metrics, "report_metrics": result.report_metrics,
+            "final_loss": result.final_loss, "train_images_per_s": result.train_images_per_s,
+            "val_blocking_s": result.val_blocking_s, "wall_s": result.wall_s}
 
 
 @task(name="validation-preview", cache_policy=NO_CACHE, retries=1)

@@ -48,6 +48,7 @@ from functools import lru_cache
 
 import numpy as np
 
+
 def _ints(values: Sequence[int], n: int, what: str) -> tuple[int, ...]:
     out = tuple(int(v) for v in values)
     if len(out) != n:

@@ -23,6 +23,7 @@ import io
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -41,13 +42,17 @@ class CheckpointError(ValueError):
 
 
 def _plain_state_dict(module_or_state: Any) -> dict[str, Any]:
-    """state_dict of a module, unwrapping torch.compile's ``_orig_mod`` prefix."""
+    """state_dict of a module (unwrapping torch.compile's ``_orig_mod`` prefix), or a state
+    dict as given (a copy of the weights taken earlier, e.g. when validation started)."""
+    if isinstance(module_or_state, Mapping):
+        return dict(module_or_state)
     module = getattr(module_or_state, "_orig_mod", module_or_state)
     return module.state_dict()
 
 
-def checkpoint_bytes(model: torch.nn.Module, config: UNetConfig, *, optimizer: Any = None,
-                     scheduler: Any = None, step: int = 0, extra: dict[str, Any] | None = None) -> bytes:
+def checkpoint_bytes(model: torch.nn.Module | Mapping[str, torch.Tensor], config: UNetConfig, *,
+                     optimizer: Any = None, scheduler: Any = None, step: int = 0,
+                     extra: dict[str, Any] | None = None) -> bytes:
     """Serialise a checkpoint to bytes (see the module docstring for the layout)."""
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -66,8 +71,8 @@ def checkpoint_bytes(model: torch.nn.Module, config: UNetConfig, *, optimizer: A
     return buf.getvalue()
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module, config: UNetConfig, *,
-                    optimizer: Any = None, scheduler: Any = None, step: int = 0,
+def save_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module | Mapping[str, torch.Tensor],
+                    config: UNetConfig, *, optimizer: Any = None, scheduler: Any = None, step: int = 0,
                     extra: dict[str, Any] | None = None) -> None:
     """Write a checkpoint atomically (temp file + rename): readers never see a torn file."""
     data = checkpoint_bytes(model, config, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)

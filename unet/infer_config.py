@@ -28,16 +28,18 @@ class InferConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Default geometry (issue 10): every written pixel gets at least 108 px of real context from the
+    # Default geometry (issue 10): every written pixel gets at least 112 px of real context from the
     # tile that owns it (crop: min(halo, overlap / 2)), covering the default U-Net's receptive-field
-    # radius of 107 px (unet.model.receptive_field_radius, depth 5), and a padded block is exactly
-    # 2 x 2 tiles (3664 + 2 * 108 = 2048 + 1832), so tile efficiency is (3664 / 4096)**2 = 0.80.
+    # radius of 107 px (unet.model.receptive_field_radius, depth 5); a padded block is exactly 2 x 2
+    # tiles (4672 + 2 * 112 = 2560 + 2336), so tile efficiency is (4672 / 5120)**2 = 0.83; and block,
+    # halo and tile stride are multiples of 16, so every tile sits on the whole slice's pooling grid and
+    # blockwise output is what the model says on the whole slice (tests/unet/test_context.py).
     # Volumes smaller than a tile get a smaller one (fit_to_volume).
-    tile: tuple[int, int] = Field((2048, 2048), description="Model input tile (y, x) in pixels; must be a "
+    tile: tuple[int, int] = Field((2560, 2560), description="Model input tile (y, x) in pixels; must be a "
                                   "multiple of the model's divisor 2**(depth-1).")
-    overlap: tuple[int, int] = Field((216, 216), description="Overlap (y, x) in pixels between neighbouring "
+    overlap: tuple[int, int] = Field((224, 224), description="Overlap (y, x) in pixels between neighbouring "
                                      "tiles inside a block; 0 <= overlap < tile.")
-    halo: tuple[int, int, int] = Field((0, 108, 108), description="Real context (z, y, x) in voxels read "
+    halo: tuple[int, int, int] = Field((0, 112, 112), description="Real context (z, y, x) in voxels read "
                                        "around each write block; mirror padding only at the volume border. "
                                        "z must be 0 for a 2-D model.")
     blend: BlendMode = Field("crop", description="How overlapping tiles combine: 'crop' (each pixel from the "
@@ -45,12 +47,12 @@ class InferConfig(BaseModel):
                              "'gaussian' window, or 'constant' average.")
     tta: TTA = Field("none", description="Test-time augmentation averaged over: 'none', 'flips' (4 flips), "
                      "'d4' (4 rotations x 2 flips, square tiles only).")
-    batch_size: int = Field(2, ge=1, description="Tiles per forward pass (2 x 2048^2 fills a large GPU; "
-                            "lower the tile on small GPUs or on the CPU).")
-    block_shape: tuple[int, int, int] = Field((1, 3664, 3664), description="Write block (z, y, x) in "
+    batch_size: int = Field(2, ge=1, description="Tiles per forward pass (2 x 2560^2 fills a large GPU; "
+                            "use 1, or smaller tiles, on small GPUs and on the CPU).")
+    block_shape: tuple[int, int, int] = Field((1, 4672, 4672), description="Write block (z, y, x) in "
                                               "voxels: the output's shard, the unit of resumption. Best "
                                               "when block + 2*halo - tile is a multiple of tile - overlap.")
-    chunks: tuple[int, int, int] = Field((1, 458, 458), description="Output chunk (z, y, x) inside a "
+    chunks: tuple[int, int, int] = Field((1, 584, 584), description="Output chunk (z, y, x) inside a "
                                          "shard; block_shape must be a multiple of it.")
     blocks_per_group: int = Field(0, ge=0, description="Write blocks per unit of work (Prefect/Dask task); "
                                   "0 = automatic (about 100 groups per run).")
@@ -124,7 +126,7 @@ FIT_MULTIPLE = 128
 def fit_to_volume(cfg: InferConfig, shape: tuple[int, ...] | list[int]) -> InferConfig:
     """``cfg`` with each tile axis shrunk to the volume's plane (rounded up to ``FIT_MULTIPLE``)
     where the plane is smaller than the tile, so a 512 x 512 stack is not predicted in mirror-padded
-    2048 x 2048 tiles. Deterministic in (cfg, shape); the run's identity records the result."""
+    2560 x 2560 tiles. Deterministic in (cfg, shape); the run's identity records the result."""
     tile = tuple(min(t, -(-int(n) // FIT_MULTIPLE) * FIT_MULTIPLE)
                  for t, n in zip(cfg.tile, shape[1:], strict=True))
     if tile == cfg.tile:

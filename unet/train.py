@@ -6,8 +6,16 @@ No Prefect here. Inputs are storage handles: a training set (image / label / wei
 
     models/<run>/checkpoint-last.pt    every ``checkpoint_every`` steps (and at the end)
     models/<run>/checkpoint-best.pt    whenever validation V_rand improves
-    models/<run>/metrics.jsonl         one record per log interval and per validation
+    models/<run>/metrics.jsonl         one record per log interval, per validation, and the report
     models/<run>/config.json           model + training config, inputs
+
+Validation: the training thread predicts the validation (selection) slices, copies the
+weights, and hands both to a worker that scores them (:mod:`unet.validation`) while
+training goes on; when the scores come back, the copy is saved as ``checkpoint-best.pt``
+if its V_rand is the best so far. Optionally, the best checkpoint is then scored once on a
+separate reporting split, so the score reported is not the score it was picked by. The
+validation slices must not be slices the training set was generated from (its recorded
+sources); ``TrainConfig.allow_val_overlap`` overrides that.
 
 Resumption: the batch of step ``s`` is a pure function of (seed, s) (its own numpy
 generator), and the checkpoint stores the step, optimiser, scheduler and torch RNG
@@ -33,21 +41,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from storage.dataset import TrainingSet
 from storage.errors import ShapeMismatchError, StoreExistsError
-from storage.files import append_jsonl, write_json
+from storage.files import append_jsonl, read_jsonl, remove_files, write_json, write_jsonl
 from storage.volume import Volume
 from unet.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint, save_checkpoint
 from unet.labels import Polarity, check_labels, membrane_mask, polarity_of_dataset
-from unet.metrics import DEFAULT_THRESHOLDS, evaluate_membrane
+from unet.metrics import DEFAULT_THRESHOLDS, check_thresholds
 from unet.model import UNet, UNetConfig
+from unet.tta import tta_average
+from unet.validation import BackgroundScorer, ScoringMode, score_prediction
 
 Progress = Callable[..., None]
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 # Above this many bytes the training set is read from zarr per batch instead of held in memory.
 IN_MEMORY_LIMIT = 8 * 2**30
+# Validations handed to the scorer and not yet scored; the next one waits (each holds a
+# copy of the weights), so a scorer slower than training holds the loop back visibly.
+MAX_PENDING_VALIDATIONS = 2
 
 
 class TrainConfig(BaseModel):
@@ -72,7 +85,14 @@ class TrainConfig(BaseModel):
     val_every: int = Field(default=250, ge=1, description="Validate every this many steps (and at the end).")
     val_batch_size: int = Field(default=4, ge=1, description="Slices per validation forward pass.")
     val_thresholds: tuple[float, ...] = Field(default=DEFAULT_THRESHOLDS, description="Membrane thresholds "
-                                              "tried for V_rand / V_info (best is kept).")
+                                              "swept for V_rand / V_info / ISBI pixel error (each keeps its "
+                                              "best); default 0.0 to 1.0 in steps of 0.1, as ISBI 2012.")
+    val_scoring: ScoringMode = Field(default="process", description="Where validation predictions are "
+                                     "scored: a worker process (training continues meanwhile), a worker "
+                                     "thread, or inline on the training thread.")
+    allow_val_overlap: bool = Field(default=False, description="Validate on slices the training set was "
+                                    "generated from (normally refused: scores on training data flatter "
+                                    "the model).")
     val_tta: bool = Field(default=False, description="Average validation predictions over the 8 "
                                                      "flips/rotations.")
     checkpoint_every: int | None = Field(default=None, ge=1, description="Write checkpoint-last.pt every "
@@ -90,9 +110,19 @@ class TrainConfig(BaseModel):
     polarity: Polarity | None = Field(default=None, description="Label polarity; None = what the training "
                                       "set records (augment's interior_value), else zero_is_membrane (ISBI).")
 
+    @field_validator("val_thresholds")
+    @classmethod
+    def _thresholds(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        check_thresholds(value)
+        return value
+
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ValidationOverlapError(ValueError):
+    """Validation slices are slices the training set was generated from (scores would flatter)."""
 
 
 @dataclass
@@ -118,9 +148,63 @@ class ValidationData:
         return cls(image.read(slice(z0, z1)), membrane_mask(lab, polarity),
                    {"image": image.path, "labels": labels.path, "z": [z0, z1], "polarity": polarity})
 
+    @property
+    def slices(self) -> list[int]:
+        """The z indices of these slices in their volume ([] when not read from a volume)."""
+        z = self.source.get("z")
+        return list(range(int(z[0]), int(z[1]))) if z else []
+
+
+def _same_store(a: Any, b: Any) -> bool:
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    a, b = (p.removeprefix("file://").rstrip("/") for p in (a, b))
+    if "://" in a or "://" in b:
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def format_slices(zs: list[int]) -> str:
+    """[20, 21, 22, 25] -> '20-22,25' (inclusive ranges, as slice selections are written)."""
+    parts: list[str] = []
+    for z in sorted(set(zs)):
+        if parts and z == int(parts[-1].rpartition("-")[2]) + 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{z}"
+        else:
+            parts.append(str(z))
+    return ",".join(parts)
+
+
+def check_held_out(dataset: TrainingSet, validation: ValidationData, allow: bool = False,
+                   what: str = "validation slices") -> None:
+    """:class:`ValidationOverlapError` (one line, naming the slices) when ``validation`` holds
+    slices of the volume the training set was generated from, as its attrs record them
+    (``sources``: image, labels, slices); nothing when ``allow`` or when either side does
+    not record where it came from."""
+    sources = dataset.attrs.get("sources") or {}
+    trained = {int(z) for z in sources.get("slices") or []}
+    if allow or not trained or not validation.slices:
+        return
+    same_volume = any(_same_store(sources.get(k), validation.source.get(k)) for k in ("image", "labels"))
+    overlap = sorted(trained.intersection(validation.slices))
+    if same_volume and overlap:
+        raise ValidationOverlapError(
+            f"{what} {format_slices(validation.slices)} of {validation.source.get('image')} include slices "
+            f"{format_slices(overlap)} that training set {dataset.path} was generated from (its slices: "
+            f"{format_slices(sorted(trained))}); validate on held-out slices, or pass --allow-val-overlap "
+            "(train config allow_val_overlap: true) to validate on training data anyway")
+
 
 @dataclass
 class TrainResult:
+    """What a training run left: paths, best validation scores, throughput.
+
+    ``train_images_per_s`` is honest: training images over the loop's whole wall time,
+    validation (prediction, waiting for scores) and checkpoints included; ``val_blocking_s``
+    is the part of that time the training thread spent on validation. ``report_metrics``
+    are the best checkpoint's scores on the reporting split (empty without one).
+    """
+
     model_dir: str
     last_checkpoint: str
     best_checkpoint: str | None
@@ -129,6 +213,8 @@ class TrainResult:
     final_loss: float
     train_images_per_s: float
     wall_s: float
+    val_blocking_s: float = 0.0
+    report_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -323,23 +409,18 @@ def predict_slices(model: UNet, images: np.ndarray, *, batch_size: int = 4, tta:
             else contextlib.nullcontext())
     pads = [_fit_padding(n, model.config) for n in images.shape[1:]]
     out = np.empty(images.shape, np.float32)
-    transforms = [(k, f) for k in range(4) for f in (False, True)] if tta else [(0, False)]
+
+    def membrane(xt: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) probability; class 1 of N > 1
+        with cast:
+            logits = forward(xt.contiguous(memory_format=memory_format)).float()
+        return torch.sigmoid(logits[:, :1]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1:2]
+
     for z0 in range(0, images.shape[0], batch_size):
         x = torch.from_numpy(images[z0 : z0 + batch_size, None].astype(np.float32) / 255.0)
         x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]), mode="reflect")
-        acc = None
-        for k, flip in transforms:
-            xt = torch.rot90(x, k, (-2, -1))
-            xt = xt.flip(-1) if flip else xt
-            xt = xt.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            with cast:
-                logits = forward(xt).float()
-            p = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1]
-            p = p.flip(-1) if flip else p
-            p = torch.rot90(p, -k, (-2, -1))
-            acc = p if acc is None else acc + p
-        assert acc is not None
-        prob = (acc / len(transforms)).cpu().numpy()
+        # The same D4 views as blockwise inference (unet.tta).
+        views = "d4" if tta else "none"
+        prob = tta_average(membrane, x.to(device, non_blocking=True), views)[:, 0].cpu().numpy()
         oy, ox = pads[0][2], pads[1][2]
         out[z0 : z0 + batch_size] = prob[:, oy : oy + images.shape[1], ox : ox + images.shape[2]]
     return out
@@ -397,21 +478,50 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[1]
 
 
-def _scalar_metrics(scores: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in scores.items() if k != "per_threshold"}
+def _weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights copied to host memory (a snapshot that training no longer changes)."""
+    module = getattr(model, "_orig_mod", model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def _best_logged(metrics_path: str, upto: int) -> list[dict[str, Any]]:
+    """Validation records of steps <= ``upto`` in a run's log: scored after the checkpoint
+    at ``upto`` was written (validation is scored in the background), so the checkpoint's
+    own ``best`` may not know them."""
+    return [{k: v for k, v in r.items() if k != "kind"} for r in read_jsonl(metrics_path)
+            if r.get("kind") == "val" and int(r.get("step", upto + 1)) <= upto and "v_rand" in r]
 
 
 def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, model_cfg: UNetConfig,
-          cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          device: str | torch.device | None = None, progress: Progress | None = None) -> TrainResult:
+          cfg: TrainConfig, *, report: ValidationData | None = None, resume: bool = False,
+          overwrite: bool = False, device: str | torch.device | None = None,
+          progress: Progress | None = None) -> TrainResult:
     """Train a U-Net on ``dataset``, validating on ``validation``; files go to ``model_dir``.
+
+    ``validation`` (the selection split) picks the best checkpoint by V_rand; it is scored by
+    a worker while training continues (``cfg.val_scoring``). ``report`` (optional, the
+    reporting split) is scored once, with the best checkpoint, at the end: the figure to
+    quote. Both must be held out from the slices ``dataset`` was generated from
+    (:class:`ValidationOverlapError`) unless ``cfg.allow_val_overlap``, and ``report`` must
+    not share slices with ``validation``.
 
     ``resume=True`` continues from ``model_dir/checkpoint-last.pt`` (same step, optimiser,
     scheduler and RNG states); without it an existing checkpoint is an error unless
     ``overwrite=True``. ``progress(step, total, **metrics)`` is called every ``log_every``
-    steps and after each validation. A NaN/inf loss raises :class:`TrainingDivergedError`
-    and leaves the last good checkpoint in place.
+    steps and whenever a validation's scores arrive (``val_step`` says which step they
+    score). A NaN/inf loss raises :class:`TrainingDivergedError` and leaves the last good
+    checkpoint in place.
     """
+    check_held_out(dataset, validation, cfg.allow_val_overlap)
+    if report is not None:
+        check_held_out(dataset, report, cfg.allow_val_overlap, what="report slices")
+        shared = sorted(set(report.slices) & set(validation.slices))
+        same = any(_same_store(report.source.get(k), validation.source.get(k)) for k in ("image", "labels"))
+        if shared and same:
+            raise ValueError(f"report slices {format_slices(report.slices)} share slices "
+                             f"{format_slices(shared)} with the validation slices "
+                             f"{format_slices(validation.slices)} that pick the best checkpoint; "
+                             "report on other slices")
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     polarity: Polarity = cfg.polarity or polarity_of_dataset(dataset.attrs)
@@ -426,9 +536,9 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
     checkpoint_every = cfg.checkpoint_every or cfg.val_every
 
     t_wall = time.perf_counter()
-    with _determinism(cfg.deterministic):
+    with _determinism(cfg.deterministic), BackgroundScorer(cfg.val_scoring) as scorer:
         trainer = Trainer(model_cfg, cfg, dev)
-        start, best_metrics = 0, {}
+        start, best_metrics = 0, dict[str, Any]()
         if resume:
             payload = load_checkpoint(last_path, map_location=dev)
             saved_cfg = config_from_checkpoint(payload, last_path)
@@ -439,10 +549,13 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
             trainer.optimizer.load_state_dict(payload["optimizer"])
             trainer.scheduler.load_state_dict(payload["scheduler"])
             _set_rng_state(payload["extra"]["rng"], dev)
-            start, best_metrics = int(payload["step"]), dict(payload["extra"].get("best", {}))
+            start = int(payload["step"])
+            known = [dict(payload["extra"].get("best", {}))] + _best_logged(metrics_path, start)
+            best_metrics = max((b for b in known if b), key=lambda b: b["v_rand"], default={})
         write_json(os.path.join(model_dir, "config.json"), {
             "unet": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json"),
-            "dataset": dataset.path, "validation": validation.source, "polarity": polarity,
+            "dataset": dataset.path, "validation": validation.source,
+            "report": report.source if report is not None else None, "polarity": polarity,
             "device": str(dev)})
 
         def save_last(step: int) -> None:
@@ -450,17 +563,40 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
                             scheduler=trainer.scheduler, step=step,
                             extra={"rng": _rng_state(dev), "best": best_metrics})
 
-        def validate(step: int) -> dict[str, Any]:
-            prob = trainer.predict(validation.image, cfg.val_batch_size, tta=cfg.val_tta)
-            return _scalar_metrics(evaluate_membrane(prob, validation.membrane, cfg.val_thresholds))
+        def on_scores(current: int, val_step: int, weights: dict[str, torch.Tensor],
+                      scores: dict[str, Any]) -> None:
+            nonlocal best_metrics
+            if not best_metrics or scores["v_rand"] > best_metrics["v_rand"]:
+                best_metrics = {"step": val_step, **scores}
+                # Saved before the record is logged: a logged best always has its checkpoint.
+                save_checkpoint(best_path, weights, model_cfg, step=val_step, extra={"metrics": best_metrics})
+            append_jsonl(metrics_path, {"kind": "val", "step": val_step, **scores})
+            if progress is not None:
+                progress(current, cfg.steps, val_step=val_step, v_rand=round(scores["v_rand"], 4),
+                         v_rand_threshold=scores["v_rand_threshold"], v_info=round(scores["v_info"], 4),
+                         isbi_pixel_error=round(scores["isbi_pixel_error"], 4))
 
-        # metrics.jsonl is append-only: a start/resume record opens each segment, and records of
-        # steps after the resumed checkpoint (from the killed attempt) are superseded by later ones.
-        append_jsonl(metrics_path, {"kind": "resume" if resume else "start", "step": start})
+        def validate(step: int) -> None:
+            while scorer.n_pending >= MAX_PENDING_VALIDATIONS:  # the scorer lags: wait for the oldest
+                (s, w), scores = scorer.wait_oldest()
+                on_scores(step, s, w, scores)
+            prob = trainer.predict(validation.image, cfg.val_batch_size, tta=cfg.val_tta)
+            weights = _weights_copy(trainer.model)  # the best checkpoint, should these scores be the best
+            scorer.submit(prob, validation.membrane, cfg.val_thresholds, tag=(step, weights))
+
+        # metrics.jsonl is append-only while a run lasts: a resume record opens each segment, and
+        # records of steps after the resumed checkpoint (from the killed attempt) are superseded by
+        # later ones. A new (or replacing) run starts it afresh and drops the earlier run's
+        # checkpoints, so nothing read from this folder can belong to another run.
+        if resume:
+            append_jsonl(metrics_path, {"kind": "resume", "step": start})
+        else:
+            remove_files(last_path, best_path)
+            write_jsonl(metrics_path, [{"kind": "start", "step": start}])
         loss_sum = torch.zeros((), device=dev)
         n_loss, last_loss = 0, float("nan")
-        train_time, train_images = 0.0, 0
-        t_interval = time.perf_counter()
+        val_blocking_s = 0.0
+        t_loop = t_interval = time.perf_counter()
         last_good = start
         batches = prefetched(source, cfg.seed, range(start, cfg.steps), cfg.loader_threads, cfg.prefetch)
         with contextlib.closing(batches):  # stops the loader threads on any exit
@@ -478,9 +614,9 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
                         raise TrainingDivergedError(
                             f"loss became {last_loss} between steps {step - n_loss + 1} and {step}; "
                             f"stopped; last good checkpoint: {kept}. Try a lower lr or grad_clip")
-                    elapsed = time.perf_counter() - t_interval
-                    train_time += elapsed
-                    train_images += n_loss * cfg.batch_size
+                    # Everything since the last record counts, validation and checkpoints included.
+                    now = time.perf_counter()
+                    elapsed, t_interval = now - t_interval, now
                     record = {"kind": "train", "step": step, "loss": last_loss,
                               "lr": trainer.scheduler.get_last_lr()[0],
                               "images_per_s": n_loss * cfg.batch_size / elapsed if elapsed > 0 else None}
@@ -489,22 +625,31 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
                         progress(step, cfg.steps, loss=round(last_loss, 5))
                     loss_sum.zero_()
                     n_loss = 0
+                t_val = time.perf_counter()
+                for (s, w), scores in scorer.ready():
+                    on_scores(step, s, w, scores)
                 if do_val:
-                    scores = validate(step)
-                    append_jsonl(metrics_path, {"kind": "val", "step": step, **scores})
-                    if not best_metrics or scores["v_rand"] > best_metrics["v_rand"]:
-                        best_metrics = {"step": step, **scores}
-                        save_checkpoint(best_path, trainer.model, model_cfg, step=step,
-                                        extra={"metrics": best_metrics})
-                    if progress is not None:
-                        progress(step, cfg.steps, v_rand=round(scores["v_rand"], 4),
-                                 v_info=round(scores["v_info"], 4),
-                                 pixel_accuracy=round(scores["pixel_accuracy"], 4))
+                    validate(step)
+                val_blocking_s += time.perf_counter() - t_val
                 if do_ckpt:
                     save_last(step)
                     last_good = step
-                if step % cfg.log_every == 0 or do_val or do_ckpt:
-                    t_interval = time.perf_counter()  # validation and checkpoint time do not count
+            t_val = time.perf_counter()
+            for (s, w), scores in scorer.drain():  # the last validations, before the run counts as done
+                on_scores(max(start, cfg.steps), s, w, scores)
+            val_blocking_s += time.perf_counter() - t_val
+        loop_s = time.perf_counter() - t_loop
+        n_images = max(0, cfg.steps - start) * cfg.batch_size
+
+        report_metrics: dict[str, Any] = {}
+        if report is not None and os.path.exists(best_path):
+            best_model = UNet(model_cfg).to(dev)
+            best_model.load_state_dict(load_checkpoint(best_path, map_location=dev)["model"])
+            prob = predict_slices(best_model, report.image, batch_size=cfg.val_batch_size, tta=cfg.val_tta,
+                                  amp=cfg.amp)
+            report_metrics = {"step": best_metrics.get("step"),
+                              **score_prediction(prob, report.membrane, cfg.val_thresholds)}
+            append_jsonl(metrics_path, {"kind": "report", "z": report.source.get("z"), **report_metrics})
 
     if start >= cfg.steps:
         last_loss = float("nan")
@@ -512,5 +657,5 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
         model_dir=model_dir, last_checkpoint=last_path,
         best_checkpoint=best_path if os.path.exists(best_path) else None,
         step=max(start, cfg.steps), best_metrics=best_metrics, final_loss=last_loss,
-        train_images_per_s=train_images / train_time if train_time > 0 else 0.0,
-        wall_s=time.perf_counter() - t_wall)
+        train_images_per_s=n_images / loop_s if n_images and loop_s > 0 else 0.0,
+        wall_s=time.perf_counter() - t_wall, val_blocking_s=val_blocking_s, report_metrics=report_metrics)

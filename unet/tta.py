@@ -56,10 +56,9 @@ def undo_view(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 
 def tta_average(fn: TensorFn, x: torch.Tensor, mode: TTAMode) -> torch.Tensor:
     """Mean over the views of ``mode`` of ``undo(fn(apply(x)))``; ``fn`` maps (B, C, H, W) to
-    (B, C', H, W) with the same spatial size (square H = W for rotations)."""
+    (B, C', H, W) with the same spatial size, whatever its aspect (rotated views of a non-square input
+    are non-square; a fully convolutional model handles them)."""
     vs = views(mode)
-    if any(k % 2 for k, _ in vs) and x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"tta {mode!r} rotates by 90°, so tiles must be square, got {tuple(x.shape[-2:])}")
     total: torch.Tensor | None = None
     for k, flip in vs:
         y = undo_view(fn(apply_view(x, k, flip)), k, flip)

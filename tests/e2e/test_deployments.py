@@ -62,7 +62,7 @@ def test_pipeline_deployment_writes_outputs_and_artifacts(api, finished_pipeline
     pred = open_volume(ws / "predictions" / "stack.zarr")
     assert pred.is_complete and pred.shape == (8, 128, 128)
     metrics = read_json(ws / "reports" / "r1" / "metrics.json")
-    assert 0.0 <= metrics["pixel_error"] <= 1.0 and metrics["prediction"].endswith("stack.zarr")
+    assert 0.0 <= metrics["isbi_pixel_error"] <= 1.0 and metrics["prediction"].endswith("stack.zarr")
     assert (ws / "models" / "r1" / "checkpoint-best.pt").is_file()
     assert sorted(p.name for p in (ws / "reports" / "r1").glob("preview-z*.png"))
 

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from flows.pipeline import decide
 from flows.pipeline_config import PipelineParams
+from unet.infer_config import InferConfig
 
 EXPECTED = {"params": {"steps": 10}, "sources.image": "/ws/volumes/v.zarr"}
 DONE = {"complete": True, "params": {"steps": 10}, "sources": {"image": "/ws/volumes/v.zarr"}}
@@ -37,7 +38,7 @@ def inputs(tmp_path):
 
 def test_params_defaults_and_schema(inputs):
     p = PipelineParams(**inputs)
-    assert p.report_name == "run1" and p.train.steps > 0 and p.infer.tile == (512, 512)
+    assert p.report_name == "run1" and p.train.steps > 0 and p.infer.tile == InferConfig().tile
     schema = PipelineParams.model_json_schema()
     assert schema["additionalProperties"] is False
     assert all(f.get("description") for f in schema["properties"].values())
@@ -50,7 +51,7 @@ def test_params_defaults_and_schema(inputs):
     ({"source": "/nowhere/x.tif"}, "source", "no file or folder"),
     ({"name": "../escape"}, "name", "letters, digits"),
     ({"val_slices": "20"}, "val_slices", "inclusive"),
-    ({"train_slices": "0-21"}, "train_slices", "overlap val_slices"),
+    ({"train_slices": "0-21", "val_slices": "20-29"}, "train_slices", "overlap val_slices"),
 ])
 def test_bad_params_name_the_field(inputs, change, field, message):
     with pytest.raises(ValidationError) as err:
@@ -58,6 +59,31 @@ def test_bad_params_name_the_field(inputs, change, field, message):
     text = str(err.value)
     assert message in text
     assert field.split(".")[0] in text
+
+
+def test_slices_default_to_the_stack_split(inputs):
+    # Empty: decided from the stack's depth when the run starts (any stack, not only ISBI's 30).
+    p = PipelineParams(**inputs)
+    assert p.train_slices == "" and p.val_slices == ""
+    assert PipelineParams(**inputs, train_slices="0-4").val_slices == ""
+
+
+def test_skipped_training_reports_the_scores_of_the_checkpoint_on_disk(tmp_path):
+    """The summary of a re-run takes the best checkpoint's own scores, not the best record of a
+    metrics.jsonl that may hold an earlier, replaced run (issue 14)."""
+    from flows.pipeline import _checkpoint_scores
+    from storage.files import write_jsonl
+    from unet.checkpoint import save_checkpoint
+    from unet.model import UNet, UNetConfig
+
+    cfg = UNetConfig(depth=2, base_channels=4)
+    best = tmp_path / "checkpoint-best.pt"
+    save_checkpoint(best, UNet(cfg), cfg, step=30, extra={"metrics": {"step": 30, "v_rand": 0.91,
+                                                                      "per_threshold": [0.1]}})
+    write_jsonl(tmp_path / "metrics.jsonl", [{"kind": "val", "step": 300, "v_rand": 1.0},
+                                             {"kind": "start", "step": 0},
+                                             {"kind": "val", "step": 30, "v_rand": 0.91}])
+    assert _checkpoint_scores(str(best)) == {"step": 30, "v_rand": 0.91}
 
 
 def test_params_are_frozen(inputs):

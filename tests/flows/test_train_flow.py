@@ -45,7 +45,7 @@ def test_score_volume_streams_slabs(workspace: Workspace, monkeypatch: pytest.Mo
     import tasks.evaluate as ev
 
     whole = score_volume(workspace.prediction("perfect"), workspace.labels("em"), "zero_is_membrane")
-    assert whole["v_rand"] == 1.0 and whole["pixel_accuracy"] == 1.0 and whole["n_slices"] == 6
+    assert whole["v_rand"] == 1.0 and whole["pixel_accuracy_at_half"] == 1.0 and whole["n_slices"] == 6
     blank = score_volume(workspace.prediction("blank"), workspace.labels("em"), "zero_is_membrane")
     monkeypatch.setattr(ev, "SLAB_Z", 4)  # 4 + 2 slices merged must equal one slab of 6
     slabbed = score_volume(workspace.prediction("blank"), workspace.labels("em"), "zero_is_membrane")
@@ -54,7 +54,7 @@ def test_score_volume_streams_slabs(workspace: Workspace, monkeypatch: pytest.Mo
             assert slabbed[key] == pytest.approx(value), key
     for a, b in zip(slabbed["per_threshold"], blank["per_threshold"], strict=True):
         assert a == pytest.approx(b)
-    assert blank["v_rand"] < 0.5 and blank["dice"] == 0.0
+    assert blank["v_rand"] < 0.5 and blank["dice_at_half"] == 0.0
     with pytest.raises(ShapeMismatchError, match="shape"):
         _write(workspace.prediction("small"), np.zeros((2, 64, 64), np.uint8), "prediction")
         score_volume(workspace.prediction("small"), workspace.labels("em"), "zero_is_membrane")
@@ -85,3 +85,11 @@ def test_train_then_evaluate_flows(workspace: Workspace) -> None:
     report = read_json(Path(workspace.report_dir("ev")) / "metrics.json")
     assert report["v_rand"] == 1.0 and report["prediction"].endswith("perfect.zarr")
     json.dumps(report)  # JSON-able
+
+
+def test_train_cli_offers_the_overlap_override_and_a_report_split() -> None:
+    from flows.cli import app
+
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "--allow-val-overlap" in out.output and "--report-slices" in out.output

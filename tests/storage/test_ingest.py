@@ -181,3 +181,13 @@ def test_sources_and_params_recorded(tmp_path: Path) -> None:
     assert all(s["size"] > 0 for s in recorded["sources"])
     assert recorded["params"]["compression"] == "zstd" and recorded["params"]["shard_z"] == 4
     assert recorded["source"]["kind"] == "slices" and recorded["source"]["dtype"] == "uint8"
+
+
+def test_unknown_voxel_size_is_recorded_as_unknown(tmp_path: Path) -> None:
+    # No resolution metadata and no voxel size given: 1 nm is a placeholder, and said so.
+    src = write_kind("multipage", make_stack(shape=(4, 32, 32)), tmp_path / "in")
+    vol = ingest(src, tmp_path / "u.zarr", SMALL)
+    assert vol.voxel_size.as_tuple() == (1.0, 1.0, 1.0)
+    assert vol.attrs["voxel_size_unknown"] == ["z", "y", "x"]
+    given = ingest(src, tmp_path / "g.zarr", SMALL.model_copy(update={"voxel_size": (40.0, 4.0, 4.0)}))
+    assert "voxel_size_unknown" not in given.attrs

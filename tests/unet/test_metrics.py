@@ -9,7 +9,13 @@ import pytest
 from skimage.metrics import variation_of_information
 
 from unet.labels import check_labels, membrane_mask
-from unet.metrics import evaluate_membrane, pixel_scores, rand_and_info, segment_membrane_map
+from unet.metrics import (
+    DEFAULT_THRESHOLDS,
+    evaluate_membrane,
+    pixel_scores,
+    rand_and_info,
+    segment_membrane_map,
+)
 
 # Two cells of 2 pixels each; the middle column is truth membrane (label 0, ignored).
 TRUTH = np.array([[1, 0, 2],
@@ -32,7 +38,7 @@ def test_fully_merged() -> None:
 def test_fully_split() -> None:
     # No two pixels share a segment: no same-segment pairs -> V_rand = 0.
     # H(T) = log 2, H(S) = log 4, I = log 2 -> V_info = 2 log 2 / (log 2 + log 4) = 2/3.
-    split = np.arange(TRUTH.size).reshape(TRUTH.shape)
+    split = np.arange(1, TRUTH.size + 1).reshape(TRUTH.shape)
     v_rand, v_info = rand_and_info(TRUTH, split)
     assert v_rand == pytest.approx(0.0)
     assert v_info == pytest.approx(2 * math.log(2) / (math.log(2) + math.log(4)))
@@ -68,19 +74,68 @@ def test_evaluate_perfect_and_gap_in_membrane() -> None:
     perfect = membrane.astype(np.float32)
     scores = evaluate_membrane(perfect, membrane)
     assert scores["v_rand"] == 1.0 and scores["v_info"] == 1.0
-    assert scores["pixel_accuracy"] == 1.0 and scores["dice"] == 1.0 and scores["iou"] == 1.0
+    assert scores["pixel_accuracy_at_half"] == 1.0 and scores["dice_at_half"] == 1.0
+    assert scores["iou_at_half"] == 1.0 and scores["isbi_pixel_error"] == 0.0
     leaky = perfect.copy()
     leaky[:, 4, 8] = 0.0  # one missing membrane pixel merges the two cells
     merged = evaluate_membrane(leaky, membrane)
-    assert merged["v_rand"] < 0.7 and merged["pixel_accuracy"] == pytest.approx(1 - 1 / 256)
-    assert len(merged["per_threshold"]) == 6
+    assert merged["v_rand"] < 0.7 and merged["pixel_accuracy_at_half"] == pytest.approx(1 - 1 / 256)
+    assert len(merged["per_threshold"]) == 11
 
 
 def test_pixel_scores_by_hand() -> None:
     membrane = np.array([[True, True, False, False]])
     prob = np.array([[0.9, 0.2, 0.7, 0.1]])
     s = pixel_scores(prob, membrane, 0.5)  # tp 1, fp 1, fn 1, tn 1
-    assert s == {"pixel_accuracy": 0.5, "pixel_error": 0.5, "dice": 0.5, "iou": pytest.approx(1 / 3)}
+    assert s == {"pixel_accuracy": 0.5, "interior_f_score": 0.5, "dice": 0.5, "iou": pytest.approx(1 / 3)}
+
+
+def test_default_sweep_is_the_challenges() -> None:
+    assert DEFAULT_THRESHOLDS == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    scores = evaluate_membrane(np.zeros((4, 4)), np.zeros((4, 4), bool))
+    assert 0.1 in scores["thresholds"] and 0.9 in scores["thresholds"]
+    assert [r["threshold"] for r in scores["per_threshold"]] == list(DEFAULT_THRESHOLDS)
+
+
+@pytest.mark.parametrize(("membrane_p", "interior_p", "peak"), [(0.15, 0.05, 0.1), (0.95, 0.85, 0.9)])
+def test_v_rand_peak_and_its_threshold_are_found_at_the_ends_of_the_sweep(
+        membrane_p: float, interior_p: float, peak: float) -> None:
+    # Only ``peak`` separates the two cells: below it nothing is interior, above it all is.
+    membrane = np.zeros((2, 16, 16), bool)
+    membrane[:, :, 8] = True
+    prob = np.where(membrane, membrane_p, interior_p).astype(np.float32)
+    scores = evaluate_membrane(prob, membrane)
+    assert scores["v_rand"] == 1.0 and scores["v_rand_threshold"] == peak
+    assert scores["v_info_threshold"] == peak
+    narrow = evaluate_membrane(prob, membrane, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8))
+    assert narrow["v_rand"] < 0.7  # the old 0.3-0.8 sweep under-reports this map
+
+
+def test_isbi_pixel_error_by_hand() -> None:
+    # a: membrane 0.9, b: membrane 0.2, c: interior 0.7, d: interior 0.1; interior predicted
+    # where prob < t. F-score of the interior class (tn = interior kept, fp = membrane called
+    # interior, fn = interior called membrane): t <= 0.1: no interior predicted, F = 0;
+    # t = 0.2: {d}, F = 2/3; t in 0.3..0.7: {b, d}, F = 2/4; t = 0.8, 0.9: {b, c, d}, F = 4/5;
+    # t = 1.0: all, F = 4/6. Best 0.8 (0.8 and 0.9 tie: the one nearer 0.5) -> error 0.2.
+    prob = np.array([[0.9, 0.2], [0.7, 0.1]], np.float32)
+    membrane = np.array([[True, True], [False, False]])
+    scores = evaluate_membrane(prob, membrane)
+    assert scores["isbi_pixel_error"] == pytest.approx(0.2)
+    assert scores["isbi_pixel_error_threshold"] == 0.8
+    f = {r["threshold"]: r["interior_f_score"] for r in scores["per_threshold"]}
+    assert f[0.0] == 0.0 and f[0.2] == pytest.approx(2 / 3) and f[0.5] == pytest.approx(0.5)
+    assert f[1.0] == pytest.approx(2 / 3)
+    # Not 1 - accuracy: accuracy is 0.5 at 0.5 and 0.75 at its best (0.2 and 0.8 tie; 0.2 reported).
+    assert scores["pixel_accuracy_at_half"] == 0.5
+    assert scores["pixel_accuracy_best"] == 0.75 and scores["pixel_accuracy_best_threshold"] == 0.2
+    assert "pixel_error" not in scores and "pixel_accuracy" not in scores
+
+
+def test_segments_labelled_zero_are_refused() -> None:
+    with pytest.raises(ValueError, match="labelled from 1"):
+        rand_and_info(TRUTH, np.array([[0, 1, 1], [0, 1, 1]]))
+    with pytest.raises(ValueError, match=">= 0"):
+        rand_and_info(-TRUTH, np.ones_like(TRUTH))
 
 
 def test_bad_inputs() -> None:
@@ -88,6 +143,8 @@ def test_bad_inputs() -> None:
         evaluate_membrane(np.zeros((4, 4)), np.zeros((4, 5), bool))
     with pytest.raises(ValueError, match="thresholds"):
         evaluate_membrane(np.zeros((4, 4)), np.zeros((4, 4), bool), thresholds=[1.5])
+    with pytest.raises(ValueError, match="distinct"):
+        evaluate_membrane(np.zeros((4, 4)), np.zeros((4, 4), bool), thresholds=[0.5, 0.5])
 
 
 def test_label_polarity() -> None:

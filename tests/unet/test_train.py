@@ -17,14 +17,23 @@ from storage.synthetic import SyntheticSpec, generate_volume
 from storage.volume import Volume, create_volume
 from unet.checkpoint import CheckpointError, load_checkpoint, load_model
 from unet.model import UNetConfig
-from unet.train import TrainConfig, TrainingDivergedError, ValidationData, lr_factor, train
+from unet.train import (
+    TrainConfig,
+    TrainingDivergedError,
+    ValidationData,
+    ValidationOverlapError,
+    format_slices,
+    lr_factor,
+    train,
+)
 
 TINY = UNetConfig(depth=2, base_channels=8, norm="group")
 
 
-def make_training_set(path: Path, n: int = 8, size: int = 64, seed: int = 1) -> TrainingSet:
+def make_training_set(path: Path, n: int = 8, size: int = 64, seed: int = 1,
+                      attrs: dict[str, Any] | None = None) -> TrainingSet:
     block = generate_volume(SyntheticSpec(shape=(n, size, size), seed=seed, cell_yx=20.0))
-    ts = create_training_set(path, n, (size, size), group_size=4, attrs={"source": "synthetic"})
+    ts = create_training_set(path, n, (size, size), group_size=4, attrs=attrs or {"source": "synthetic"})
     for g in range(2):
         r = ts.group_range(g)
         ts.write_group(g, block.image[r.start:r.stop], block.labels[r.start:r.stop],
@@ -75,7 +84,7 @@ def test_few_steps_reduce_loss_and_write_run_files(tmp_path: Path, inputs: Any) 
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     vals = [r for r in records if r["kind"] == "val"]
     assert [r["step"] for r in vals] == [20, 40]
-    assert 0 <= vals[-1]["v_rand"] <= 1 and vals[-1]["pixel_accuracy"] > 0.5
+    assert 0 <= vals[-1]["v_rand"] <= 1 and vals[-1]["pixel_accuracy_at_half"] > 0.5
     assert result.step == 40 and result.best_checkpoint is not None
     assert result.best_metrics["v_rand"] == max(r["v_rand"] for r in vals)
     model, model_cfg = load_model(result.best_checkpoint)
@@ -169,3 +178,91 @@ def test_predict_slices_returns_input_geometry(padding: str) -> None:
     prob = predict_slices(model, images, batch_size=2, tta=True)
     assert prob.shape == images.shape and prob.dtype == np.float32
     assert ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_training_refuses_validation_slices_it_was_generated_from(tmp_path: Path) -> None:
+    image, labels = make_validation(tmp_path, z=4)
+    # As augment records them: the source volumes and the slices samples were drawn from.
+    ts = make_training_set(tmp_path / "set.zarr", attrs={"sources": {
+        "image": image.path, "labels": labels.path, "slices": [0, 1, 2], "split": {"train": "0-2"}}})
+    cfg = TrainConfig(steps=2, batch_size=2, crop=32, val_every=2, loader_threads=1, val_scoring="inline")
+    leaky = ValidationData.from_volumes(image, labels, (1, 4))
+    with pytest.raises(ValidationOverlapError) as err:
+        train(ts, leaky, str(tmp_path / "a"), TINY, cfg)
+    message = str(err.value)
+    assert "validation slices 1-3" in message and "include slices 1-2" in message
+    assert "--allow-val-overlap" in message and "\n" not in message and "=True" not in message
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    # Held-out slices of the same volume train; so do overlapping ones when explicitly allowed.
+    assert train(ts, ValidationData.from_volumes(image, labels, (3, 4)), str(tmp_path / "b"), TINY,
+                 cfg).step == 2
+    allowed = cfg.model_copy(update={"allow_val_overlap": True})
+    assert train(ts, leaky, str(tmp_path / "c"), TINY, allowed).step == 2
+    # Another volume's slices 1-3 are not training data.
+    other_image, other_labels = make_validation(tmp_path / "other", z=4)
+    assert train(ts, ValidationData.from_volumes(other_image, other_labels, (1, 4)), str(tmp_path / "d"),
+                 TINY, cfg).step == 2
+
+
+def test_format_slices() -> None:
+    assert format_slices([25, 20, 21, 22, 27, 28]) == "20-22,25,27-28"
+    assert format_slices([3]) == "3"
+
+
+def test_validation_is_scored_while_training_continues(tmp_path: Path, inputs: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import unet.validation as validation_mod
+
+    ts, val = inputs
+    real = validation_mod.score_prediction
+    release = threading.Event()
+    scoring_threads: list[str] = []
+
+    def slow_score(*args: Any) -> dict[str, Any]:
+        scoring_threads.append(threading.current_thread().name)
+        release.wait(30)  # held until training has gone on past the validation step
+        return real(*args)
+
+    def progress(step: int, total: int, **m: Any) -> None:
+        if step >= 5:
+            release.set()
+
+    monkeypatch.setattr(validation_mod, "score_prediction", slow_score)
+    cfg = TrainConfig(steps=6, batch_size=2, crop=32, val_every=3, log_every=1, loader_threads=1,
+                      val_scoring="thread")
+    result = train(ts, val, str(tmp_path / "run"), TINY, cfg, progress=progress)
+    assert scoring_threads and all(name.startswith("emseg-val-scoring") for name in scoring_threads)
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    order = [(r["kind"], r["step"]) for r in records if r["kind"] in ("train", "val")]
+    # Step 3's scores were logged only after training had reached step 5.
+    assert order.index(("val", 3)) > order.index(("train", 5))
+    assert [s for k, s in order if k == "val"] == [3, 6]
+    best = result.best_metrics
+    assert best["step"] in (3, 6) and "v_rand_threshold" in best and "isbi_pixel_error" in best
+    assert load_checkpoint(tmp_path / "run" / "checkpoint-best.pt")["step"] == best["step"]
+    assert result.train_images_per_s > 0 and result.val_blocking_s > 0
+
+
+def test_report_split_scores_the_best_checkpoint_once(tmp_path: Path) -> None:
+    ts = make_training_set(tmp_path / "set.zarr")
+    image, labels = make_validation(tmp_path, z=4)
+    select = ValidationData.from_volumes(image, labels, (0, 2))
+    report = ValidationData.from_volumes(image, labels, (2, 4))
+    cfg = TrainConfig(steps=4, batch_size=2, crop=32, val_every=2, loader_threads=1)  # process scoring
+    result = train(ts, select, str(tmp_path / "run"), TINY, cfg, report=report)
+    assert result.report_metrics["step"] == result.best_metrics["step"]
+    assert 0 <= result.report_metrics["v_rand"] <= 1 and result.report_metrics["n_slices"] == 2
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    reports = [r for r in records if r["kind"] == "report"]
+    assert len(reports) == 1 and reports[0]["z"] == [2, 4]
+    with pytest.raises(ValueError, match="report slices 1-2 share slices 1"):
+        train(ts, select, str(tmp_path / "bad"), TINY, cfg,
+              report=ValidationData.from_volumes(image, labels, (1, 3)))
+
+
+def test_threshold_sweep_is_checked_with_the_config() -> None:
+    assert 0.1 in TrainConfig().val_thresholds and 0.9 in TrainConfig().val_thresholds
+    with pytest.raises(ValueError, match="thresholds"):
+        TrainConfig(val_thresholds=(0.5, 1.5))

@@ -1,0 +1,60 @@
+"""The demo: its two variants never share outputs, and its Prefect home is in the workspace (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from flows.demo import demo_params, use_workspace_prefect_home
+from storage.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _outputs(workspace: str, name: str, run: str) -> set[str]:
+    ws = Workspace(workspace)
+    return {ws.volume(name), ws.labels(name), ws.dataset(run), ws.model_dir(run), ws.prediction(name),
+            ws.report_dir(run)}
+
+
+def test_synthetic_and_isbi_demos_share_no_output(tmp_path):
+    (tmp_path / "a.tif").write_bytes(b"x")
+    src = str(tmp_path / "a.tif")
+    ws = str(tmp_path / "ws")
+    synthetic = demo_params(ws, src, src)
+    isbi = demo_params(ws, src, src, isbi=True)
+    assert synthetic.run != isbi.run and synthetic.report_name != isbi.report_name
+    assert not _outputs(ws, synthetic.name, synthetic.run) & _outputs(ws, isbi.name, isbi.run)
+
+
+def test_prefect_home_defaults_to_the_workspace_unless_configured(tmp_path):
+    env: dict[str, str] = {}
+    assert use_workspace_prefect_home(str(tmp_path / "ws"), env) == str(tmp_path / "ws" / ".prefect")
+    assert env["PREFECT_HOME"] == str(tmp_path / "ws" / ".prefect")
+    mine = {"PREFECT_HOME": "/elsewhere"}
+    assert use_workspace_prefect_home("ws", mine) == "/elsewhere" and mine == {"PREFECT_HOME": "/elsewhere"}
+    server = {"PREFECT_API_URL": "http://127.0.0.1:4200/api"}
+    use_workspace_prefect_home("ws", server)
+    assert "PREFECT_HOME" not in server
+
+
+def test_demo_command_sets_prefect_home_before_prefect_reads_its_settings(tmp_path):
+    # In a fresh process, as `emseg demo` runs: importing the demo must not import Prefect, so
+    # the home chosen afterwards is the one Prefect's settings (and its SQLite database) use.
+    code = ("import sys, json\n"
+            "import flows.cli, flows.demo\n"
+            "loaded = 'prefect' in sys.modules\n"
+            f"flows.demo.use_workspace_prefect_home({str(tmp_path / 'ws')!r})\n"
+            "from prefect.settings import get_current_settings\n"
+            "s = get_current_settings()\n"
+            "print(json.dumps([loaded, str(s.home), s.server.database.connection_url.get_secret_value()]))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PREFECT_")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded, home, db = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not loaded
+    assert home == str(tmp_path / "ws" / ".prefect")
+    assert str(tmp_path / "ws" / ".prefect") in db

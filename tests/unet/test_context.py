@@ -1,0 +1,154 @@
+"""Issue 10's correctness defects: d4 TTA, blending weight near tile edges, context vs receptive field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unet.blending import blend_window, edge_weight_fraction, min_context
+from unet.blocks import Region, plan_blocks
+from unet.infer_config import InferConfig, fit_to_volume
+from unet.inference import BlockPredictor, mirror_pad
+from unet.model import UNet, UNetConfig, receptive_field_radius
+from unet.predictor import ModelPredictor
+from unet.tta import apply_view, tta_average, undo_view, views
+
+
+class _Asymmetric(torch.nn.Module):
+    """A model with no symmetry at all: a fixed random 5x5 filter plus a ramp along x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 5, padding=2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(1, 1, 5, 5, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1, 1, x.shape[-1]).expand_as(x)
+        return self.conv(x) + ramp
+
+
+def test_d4_has_eight_distinct_views_each_undone_exactly() -> None:
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    seen = {tuple(apply_view(x, k, f).flatten().tolist()) for k, f in views("d4")}
+    assert len(seen) == 8  # the old list repeated the transpose and missed the anti-transpose
+    for k, f in views("d4"):
+        assert torch.equal(undo_view(apply_view(x, k, f), k, f), x)
+    assert len(set(views("flips"))) == 4
+
+
+@pytest.mark.parametrize("k,flip", [(k, f) for k in range(4) for f in (False, True)])
+def test_d4_average_is_invariant_under_the_dihedral_group(k: int, flip: bool) -> None:
+    model = _Asymmetric().eval()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain = model(x)
+        avg = tta_average(model, x, "d4")
+        moved = tta_average(model, apply_view(x, k, flip), "d4")
+    assert not torch.allclose(avg, plain, atol=1e-3)  # the model is not symmetric: TTA changes it
+    torch.testing.assert_close(moved, apply_view(avg, k, flip), atol=1e-5, rtol=0)
+
+
+def test_model_predictor_d4_matches_the_shared_tta() -> None:
+    model = _Asymmetric()
+    cfg = InferConfig(tile=(16, 16), overlap=(0, 0), tta="d4", device="cpu")
+    batch = torch.rand(1, 1, 16, 16) * 255
+    got = ModelPredictor(model, cfg, n_classes=1)(batch)
+    with torch.no_grad():
+        want = tta_average(lambda t: torch.sigmoid(model(t)), batch / 255, "d4")
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def _interior_block(cfg: InferConfig) -> tuple[tuple[int, int], Region]:
+    shape = (1, *(3 * b for b in cfg.block_shape[1:]))
+    block = plan_blocks(shape, (1, *cfg.block_shape[1:]), cfg.halo, (1, *cfg.tile))[4]
+    w = block.write_in_padded
+    return block.padded_shape[1:], Region(w.start[1:], w.stop[1:])  # type: ignore[return-value]
+
+
+def test_default_blending_takes_under_2_percent_weight_from_tile_edges() -> None:
+    cfg = InferConfig()
+    plane, write = _interior_block(cfg)
+    share = edge_weight_fraction(plane, write, cfg.tile, cfg.overlap, cfg.blend, margin=8)
+    assert share.shape == write.shape and share.max() <= 0.02
+    # The old defaults (Gaussian floored at 1e-3, overlap 64, halo 32) broke the bound badly.
+    old = InferConfig(tile=(512, 512), overlap=(64, 64), halo=(0, 32, 32), block_shape=(4, 1792, 1792),
+                      chunks=(1, 256, 256), blend="gaussian")
+    plane, write = _interior_block(old)
+    assert edge_weight_fraction(plane, write, old.tile, old.overlap, old.blend, margin=8).max() > 0.1
+
+
+def test_gaussian_window_floor_no_longer_flattens_tile_edges() -> None:
+    w = blend_window((512, 512), "gaussian")
+    assert w[0, 0] < 1e-5 and w[8, 256] < w[64, 256] < w[256, 256]
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_receptive_field_radius_matches_the_gradient(depth: int) -> None:
+    cfg = UNetConfig(depth=depth, base_channels=1, norm="none")
+    model = UNet(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():  # positive weights: every ReLU passes, no gradient vanishes
+            p.copy_(torch.rand_like(p) * 0.5 + 0.1)
+    radius = 0
+    n = 128
+    for c in range(64, 64 + cfg.divisor):  # every phase of the pooling grid
+        x = torch.ones(1, 1, n, n, dtype=torch.float64, requires_grad=True)
+        model(x)[0, 0, c, c].backward()
+        ys, xs = torch.nonzero(x.grad[0, 0] != 0, as_tuple=True)  # type: ignore[index]
+        radius = max(radius, c - int(ys.min()), int(ys.max()) - c, c - int(xs.min()), int(xs.max()) - c)
+    assert radius == receptive_field_radius(cfg)
+
+
+def test_default_geometry_covers_the_default_models_receptive_field() -> None:
+    cfg, model = InferConfig(), UNetConfig()
+    assert receptive_field_radius(model) == 107
+    assert cfg.context_px() >= receptive_field_radius(model)
+    assert cfg.tile_efficiency() >= 0.8
+    assert all(v % model.divisor == 0 for v in (*cfg.block_shape[1:], *cfg.halo[1:], *cfg.tile,
+                                                 *(t - o for t, o in zip(cfg.tile, cfg.overlap, strict=True))))
+    plane, write = _interior_block(cfg)
+    assert min_context(plane, write, cfg.tile, cfg.overlap, cfg.blend) == cfg.context_px()
+
+
+def test_small_volumes_get_a_tile_that_fits_them() -> None:
+    cfg = InferConfig()
+    assert fit_to_volume(cfg, (30, 512, 512)).tile == (512, 512)
+    assert fit_to_volume(cfg, (30, 500, 9000)).tile == (512, cfg.tile[1])
+    assert fit_to_volume(cfg, (3, 8000, 8000)) is cfg
+
+
+def test_blockwise_equals_the_whole_slice_when_context_covers_the_receptive_field() -> None:
+    """A real (small) U-Net: with halo and overlap/2 >= its receptive field and tiles on its pooling
+    grid, cropped blockwise output equals the model run on the whole slice (away from the volume
+    border, where the two pad differently), to float rounding."""
+    torch.manual_seed(0)
+    mcfg = UNetConfig(depth=3, base_channels=4, norm="none")
+    model = UNet(mcfg).eval()
+    with torch.no_grad():  # louder weights: a default-initialised net barely reacts to context
+        for p in model.parameters():
+            p.mul_(2.5)
+    r = receptive_field_radius(mcfg)  # 23
+    cfg = InferConfig(tile=(96, 96), overlap=(48, 48), halo=(0, 24, 24), block_shape=(1, 48, 48),
+                      chunks=(1, 16, 16), batch_size=4, device="cpu")
+    shape = (1, 192, 192)
+    vol = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    engine = BlockPredictor(ModelPredictor(model, cfg, 1), cfg)
+    out = np.zeros(shape, np.float32)
+    for b in plan_blocks(shape, cfg.block_shape, cfg.halo, (1, *cfg.tile)):
+        padded = torch.from_numpy(mirror_pad(vol[b.read.slices], b))
+        out[b.write.slices] = engine.probabilities(padded, b).numpy()
+    with torch.no_grad():
+        whole = torch.sigmoid(model(torch.from_numpy(vol[None].astype(np.float32)) / 255))[0, 0].numpy()
+    inner = (slice(r, -r), slice(r, -r))
+    exact = np.abs(out[0][inner] - whole[inner]).max()
+    assert exact < 1e-5 and whole[inner].std() > 0.01
+    # And with too little context (the old defaults' situation) it does not:
+    thin = cfg.model_copy(update={"tile": (32, 32), "overlap": (8, 8), "halo": (0, 8, 8)})
+    assert thin.context_px() < r
+    engine = BlockPredictor(ModelPredictor(model, thin, 1), thin)
+    for b in plan_blocks(shape, thin.block_shape, thin.halo, (1, *thin.tile)):
+        padded = torch.from_numpy(mirror_pad(vol[b.read.slices], b))
+        out[b.write.slices] = engine.probabilities(padded, b).numpy()
+    assert np.abs(out[0][inner] - whole[inner]).max() > 100 * max(exact, 1e-6)
