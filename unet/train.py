@@ -51,7 +51,7 @@ from unet.checkpoint import CheckpointError, config_from_checkpoint, load_checkp
 from unet.labels import Polarity, check_labels, membrane_mask, polarity_of_dataset
 from unet.metrics import DEFAULT_THRESHOLDS, check_thresholds
 from unet.model import UNet, UNetConfig
-from unet.tta import tta_average
+from unet.tta import TTAMode, tta_average
 from unet.validation import BackgroundScorer, ScoringMode, score_prediction
 
 Progress = Callable[..., None]
@@ -419,7 +419,7 @@ def predict_slices(model: UNet, images: np.ndarray, *, batch_size: int = 4, tta:
         x = torch.from_numpy(images[z0 : z0 + batch_size, None].astype(np.float32) / 255.0)
         x = F.pad(x, (pads[1][0], pads[1][1], pads[0][0], pads[0][1]), mode="reflect")
         # The same D4 views as blockwise inference (unet.tta).
-        views = "d4" if tta else "none"
+        views: TTAMode = "d4" if tta else "none"
         prob = tta_average(membrane, x.to(device, non_blocking=True), views)[:, 0].cpu().numpy()
         oy, ox = pads[0][2], pads[1][2]
         out[z0 : z0 + batch_size] = prob[:, oy : oy + images.shape[1], ox : ox + images.shape[2]]

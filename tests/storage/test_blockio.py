@@ -30,7 +30,8 @@ def test_tensorstore_and_zarr_write_the_same_shards(tmp_path: Path, compression:
                     arr.write((z, y, x), data[z : z + 1, y : y + 16, x : x + 16])
         np.testing.assert_array_equal(arr.read((slice(1, 2), slice(5, 33), slice(0, 36))), data[1:2, 5:33])
     # zarr-python reads what tensorstore wrote, and both wrote byte-identical shards.
-    assert np.array_equal(open_volume(tmp_path / "tensorstore.zarr", require_complete=False).read(slice(None)), data)
+    written = open_volume(tmp_path / "tensorstore.zarr", require_complete=False).read(slice(None))
+    assert np.array_equal(written, data)
     assert _files(tmp_path / "tensorstore.zarr" / LEVEL0) == _files(tmp_path / "zarr.zarr" / LEVEL0)
 
 

@@ -106,8 +106,8 @@ def test_default_geometry_covers_the_default_models_receptive_field() -> None:
     assert receptive_field_radius(model) == 107
     assert cfg.context_px() >= receptive_field_radius(model)
     assert cfg.tile_efficiency() >= 0.8
-    assert all(v % model.divisor == 0 for v in (*cfg.block_shape[1:], *cfg.halo[1:], *cfg.tile,
-                                                 *(t - o for t, o in zip(cfg.tile, cfg.overlap, strict=True))))
+    strides = [t - o for t, o in zip(cfg.tile, cfg.overlap, strict=True)]
+    assert all(v % model.divisor == 0 for v in (*cfg.block_shape[1:], *cfg.halo[1:], *cfg.tile, *strides))
     plane, write = _interior_block(cfg)
     assert min_context(plane, write, cfg.tile, cfg.overlap, cfg.blend) == cfg.context_px()
 
