@@ -8,6 +8,7 @@ this module does not import torch.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,7 +21,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 # Fields that change how fast the output is produced but not its bytes; everything else is
 # part of a prediction's identity (stored in its attrs, checked on resume).
 EXECUTION_ONLY = frozenset({"batch_size", "prefetch_blocks", "read_threads", "write_threads",
-                            "blocks_per_group", "compile", "channels_last", "device"})
+                            "compute_threads", "blocks_per_group", "compile", "channels_last", "device"})
 
 
 class InferConfig(BaseModel):
@@ -59,6 +60,8 @@ class InferConfig(BaseModel):
     prefetch_blocks: int = Field(2, ge=1, description="Blocks read ahead of the compute "
                                  "(bounds host memory).")
     read_threads: int = Field(2, ge=1, description="Threads reading blocks.")
+    compute_threads: int = Field(0, ge=0, description="Blocks computed at once: 0 = automatic (1 on a GPU, "
+                                 "which one thread keeps busy; one per core, at most 2, on the CPU).")
     write_threads: int = Field(2, ge=1, description="Threads writing blocks; also the most finished "
                                "blocks waiting to be written.")
     pyramid_levels: int = Field(0, ge=0, le=8, description="Extra 2x-downsampled levels for viewers.")
@@ -112,6 +115,12 @@ class InferConfig(BaseModel):
         write = block.write_in_padded
         return min_context(block.padded_shape[1:], Region(write.start[1:], write.stop[1:]),  # type: ignore[arg-type]
                            self.tile, self.overlap, self.blend)
+
+    def compute_threads_for(self, device_type: str) -> int:
+        """``compute_threads``, or the automatic choice for a device of this type."""
+        if self.compute_threads:
+            return self.compute_threads
+        return 1 if device_type != "cpu" else max(1, min(2, os.cpu_count() or 1))
 
     def groups_for(self, n_blocks: int) -> int:
         """Blocks per group: as configured, or about 100 groups per run."""

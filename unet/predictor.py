@@ -2,7 +2,8 @@
 
 A *predictor* is any callable mapping a batch of tiles, a float32 tensor (B, 1, H, W) of raw
 intensities (0..255 for uint8 volumes) on the engine's device, to a tensor (B, C, H, W) whose
-channel 0 is the membrane probability in [0, 1]. It may carry a ``device`` attribute (a
+channel 0 is the membrane probability in [0, 1]. The batch is the engine's scratch buffer, refilled
+for every batch: a predictor may compute in it and return it. It may carry a ``device`` attribute (a
 ``torch.device``) naming where the engine should put the tiles; without one, the CPU.
 Predictors must not synchronise with the host (no ``.cpu()``, ``.item()``): the engine keeps
 the GPU queue full by never waiting on a batch.
@@ -28,7 +29,8 @@ INPUT_SCALE = 1.0 / 255.0
 
 class AffinePredictor:
     """``x * scale + offset`` (after an optional sleep): a picklable arithmetic predictor for tests
-    and benchmarks of the engine itself; ``AffinePredictor(1 / 255)`` costs next to nothing.
+    and benchmarks of the engine itself; ``AffinePredictor(1 / 255)`` costs next to nothing: on the
+    CPU it computes in place in the engine's batch buffer (one numpy pass, no allocation).
     ``functools.partial(AffinePredictor, ...)`` is a factory."""
 
     def __init__(self, scale: float = 1.0, offset: float = 0.0, delay_s: float = 0.0) -> None:
@@ -38,14 +40,15 @@ class AffinePredictor:
         if self.delay_s:
             time.sleep(self.delay_s)
         if batch.device.type == "cpu":
-            # numpy: one single-threaded pass, so that a predictor meant to cost nothing does not
-            # wake torch's intra-op thread pool (whose spinning threads compete with the engine's
-            # reader and writer threads on a small machine).
+            # numpy, in place: one single-threaded pass, so that a predictor meant to cost nothing
+            # neither allocates nor wakes torch's intra-op thread pool (whose spinning threads
+            # compete with the engine's reader and writer threads on a small machine).
             x = batch.numpy()
-            y = x * np.float32(self.scale) if self.scale != 1 else x.copy()
+            if self.scale != 1:
+                np.multiply(x, np.float32(self.scale), out=x)
             if self.offset:
-                y += np.float32(self.offset)
-            return torch.from_numpy(y)
+                np.add(x, np.float32(self.offset), out=x)
+            return batch
         out = batch * self.scale if self.scale != 1 else batch
         return out + self.offset if self.offset else out
 

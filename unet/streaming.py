@@ -69,19 +69,22 @@ def block_bytes(block: Block, in_itemsize: int = 1) -> int:
 
 def stream_blocks(blocks: Iterable[Block], read: Callable[[Block], R], compute: Callable[[Block, R], C],
                   write: Callable[[Block, C], None], *, prefetch: int = 2, read_threads: int = 2,
-                  write_threads: int = 2, meter: InFlightMeter | None = None,
+                  write_threads: int = 2, compute_threads: int = 1, meter: InFlightMeter | None = None,
                   on_done: Callable[[Block], None] | None = None) -> int:
     """Read → compute → write every block, overlapping the three; returns the blocks written.
 
     ``read`` runs in a reader thread; ``compute`` in the calling thread (the one that drives
-    the device); ``write`` in a writer thread. At most ``prefetch`` reads and ``write_threads``
-    writes are outstanding. The first error from any stage is raised.
+    the device) or, with ``compute_threads`` > 1 (CPU engines), in that many threads at once;
+    ``write`` in a writer thread. At most ``prefetch`` reads, ``compute_threads`` computations
+    and ``write_threads`` writes are outstanding. The first error from any stage is raised.
+    Blocks may finish out of order (each is written and recorded on its own).
     """
     meter = meter or InFlightMeter()
     it = iter(blocks)
     reads: deque[tuple[Block, Future[R]]] = deque()
     write_slots = threading.Semaphore(write_threads)
-    writes: list[Future[None]] = []
+    compute_slots = threading.Semaphore(compute_threads)
+    jobs: list[Future[Any]] = []  # writes, or (pooled) computations that queue their write
     written = 0
 
     def do_write(block: Block, data: C) -> None:
@@ -93,8 +96,28 @@ def stream_blocks(blocks: Iterable[Block], read: Callable[[Block], R], compute: 
             meter.leave(block_bytes(block))
             write_slots.release()
 
+    def queue_write(block: Block, result: C) -> Future[None]:
+        write_slots.acquire()  # back-pressure: wait while write_threads blocks are queued
+        return writers.submit(do_write, block, result)
+
+    def compute_then_queue(block: Block, data: R) -> Future[None]:
+        try:
+            return queue_write(block, compute(block, data))
+        finally:
+            compute_slots.release()
+
+    def reap(all_: bool = False) -> None:
+        nonlocal written
+        for job in [j for j in jobs if all_ or j.done()]:
+            result = job.result()
+            if isinstance(result, Future):  # a pooled computation: wait for the write it queued
+                result.result()
+            jobs.remove(job)
+            written += 1
+
     with ThreadPoolExecutor(read_threads, "emseg-read") as readers, \
-            ThreadPoolExecutor(write_threads, "emseg-write") as writers:
+            ThreadPoolExecutor(write_threads, "emseg-write") as writers, \
+            ThreadPoolExecutor(compute_threads, "emseg-compute") as computers:
 
         def submit_read() -> None:
             block = next(it, None)
@@ -109,17 +132,14 @@ def stream_blocks(blocks: Iterable[Block], read: Callable[[Block], R], compute: 
                 block, fut = reads.popleft()
                 data = fut.result()
                 submit_read()
-                result = compute(block, data)
+                if compute_threads == 1:
+                    jobs.append(queue_write(block, compute(block, data)))
+                else:
+                    compute_slots.acquire()
+                    jobs.append(computers.submit(compute_then_queue, block, data))
                 del data
-                write_slots.acquire()  # back-pressure: wait while write_threads blocks are queued
-                writes.append(writers.submit(do_write, block, result))
-                for w in [w for w in writes if w.done()]:
-                    w.result()
-                    writes.remove(w)
-                    written += 1
-            for w in writes:
-                w.result()
-                written += 1
+                reap()
+            reap(all_=True)
         finally:
             for _, fut in reads:
                 fut.cancel()
