@@ -166,7 +166,8 @@ def write_em_mosaic(path: Path, shape: tuple[int, int, int], source: Path) -> No
     for z in range(shape[0]):
         rows = []
         for i in range(reps[0]):
-            row = [em[(z * 7 + i * reps[1] + j) % n][:: 1 - 2 * (i % 2), :: 1 - 2 * (j % 2)] for j in range(reps[1])]
+            row = [em[(z * 7 + i * reps[1] + j) % n][:: 1 - 2 * (i % 2), :: 1 - 2 * (j % 2)]
+                   for j in range(reps[1])]
             rows.append(np.concatenate(row, axis=1))
         w.write(z, np.concatenate(rows, axis=0)[None, : shape[1], : shape[2]])
     w.mark_complete()
