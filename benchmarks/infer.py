@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project and 
 from storage.synthetic import SyntheticSpec, iter_slabs  # noqa: E402
 from storage.volume import create_volume  # noqa: E402
 from unet.checkpoint import save_checkpoint  # noqa: E402
-from unet.infer_config import InferConfig  # noqa: E402
+from unet.infer_config import InferConfig, fit_to_volume  # noqa: E402
 from unet.inference import INPUT_SCALE, infer_volume, load_predictor  # noqa: E402
 from unet.model import UNet, UNetConfig  # noqa: E402
 
@@ -150,7 +150,10 @@ def write_noise(path: Path, shape: tuple[int, int, int]) -> None:
     w.mark_complete()
 
 
-ISBI_VOLUME = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012" / "train-volume.tif"
+ROOT = Path(__file__).resolve().parents[1]
+# The ISBI stack beside the checkout, or carried into it for the GPU machine (gpu_prepare.sh).
+ISBI_SOURCES = (ROOT.parent / "shared" / "data" / "isbi2012" / "train-volume.tif",
+                ROOT / ".isbi" / "train-volume.tif")
 
 
 def write_em_mosaic(path: Path, shape: tuple[int, int, int], source: Path) -> None:
@@ -175,27 +178,20 @@ def write_em_mosaic(path: Path, shape: tuple[int, int, int], source: Path) -> No
 
 def cpu_proxy(args: argparse.Namespace) -> None:
     """(d) and (e) with the default geometry on the CPU, alternated; best of ``args.rounds`` each."""
-    from benchmarks.io_ceiling import LIBRARIES, block_copy, null_engine
+    from benchmarks.io_ceiling import available_libraries, block_copy, null_engine
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     shape = (8, 4672, 4672)  # one default write block per slice
     src = work / "proxy-input.zarr"
-    content = args.content
-    if content == "isbi" and not ISBI_VOLUME.exists():
-        print(f"{ISBI_VOLUME} is missing: using random bytes", file=sys.stderr)
-        content = "noise"
-    if content == "isbi":
-        write_em_mosaic(src, shape, ISBI_VOLUME)
-    else:
-        write_noise(src, shape)
+    content = write_content(src, shape, args.content)
     cfg = InferConfig(device="cpu")
-    copies: dict[str, list[float]] = {lib: [] for lib in LIBRARIES}
+    copies: dict[str, list[float]] = {lib: [] for lib in available_libraries()}
     engine: list[float] = []
     t0 = time.perf_counter()
     with PeakRSS() as rss:
         for _ in range(args.rounds):
-            for lib in LIBRARIES:
+            for lib in copies:
                 copies[lib].append(block_copy(src, work / f"copy-{lib}.zarr", cfg, lib))
             engine.append(null_engine(src, work / "proxy-prediction.zarr", cfg))
     best = {lib: max(v) for lib, v in copies.items()}
@@ -217,22 +213,58 @@ def cpu_proxy(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def write_content(path: Path, shape: tuple[int, int, int], content: str) -> str:
+    """Write the input volume; returns the content actually used (ISBI falls back to noise)."""
+    source = next((p for p in ISBI_SOURCES if p.exists()), None)
+    if content == "isbi" and source is None:
+        print(f"no ISBI stack at {[str(p) for p in ISBI_SOURCES]}: using random bytes", file=sys.stderr)
+        content = "noise"
+    t0 = time.perf_counter()
+    if content == "isbi":
+        assert source is not None
+        write_em_mosaic(path, shape, source)
+    elif content == "noise":
+        write_noise(path, shape)
+    else:
+        write_input(path, shape, slab=max(1, 2**26 // (shape[1] * shape[2])))
+    print(f"input ({content}) written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return content
+
+
+def config_from(args: argparse.Namespace) -> InferConfig:
+    """InferConfig's defaults, with whatever geometry the command line overrides."""
+    over: dict[str, Any] = {"compile": args.compile, "device": args.device}
+    if args.tile:
+        over["tile"] = (args.tile, args.tile)
+    if args.overlap is not None:
+        over["overlap"] = (args.overlap, args.overlap)
+    if args.halo is not None:
+        over["halo"] = (0, args.halo, args.halo)
+    if args.batch:
+        over["batch_size"] = args.batch
+    if args.block:
+        over["block_shape"] = tuple(args.block)
+    if args.chunk:
+        over["chunks"] = (1, args.chunk, args.chunk)
+    return InferConfig(**over)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-proxy", action="store_true", help="(d) and (e) only, default geometry, on the CPU")
     ap.add_argument("--rounds", type=int, default=3, help="--cpu-proxy: alternating rounds (best counts)")
-    ap.add_argument("--content", choices=("isbi", "noise"), default="isbi",
-                    help="--cpu-proxy input: a mosaic of ISBI 2012 slices (real EM; random bytes when the "
-                         "data is absent) or random bytes")
+    ap.add_argument("--content", choices=("isbi", "noise", "synthetic"), default="isbi",
+                    help="input: a mosaic of ISBI 2012 slices (real EM; random bytes when the data is "
+                         "absent), random bytes, or 16 synthetic slices cycled")
     ap.add_argument("--shape", type=int, nargs=3, default=(16, 1024, 1024), help="volume z y x")
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--tile", type=int, default=256)
-    ap.add_argument("--overlap", type=int, default=32)
-    ap.add_argument("--halo", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--block", type=int, nargs=3, default=(4, 896, 896))
-    ap.add_argument("--chunk", type=int, default=128, help="output chunk in y, x (z chunk 1)")
+    ap.add_argument("--tile", type=int, default=0, help="tile (default: InferConfig's)")
+    ap.add_argument("--overlap", type=int, default=None)
+    ap.add_argument("--halo", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--block", type=int, nargs=3, default=None)
+    ap.add_argument("--chunk", type=int, default=0, help="output chunk in y, x (z chunk 1)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--monai-gib", type=float, default=2.0, help="memory for MONAI's in-memory volume")
@@ -247,48 +279,57 @@ def main() -> None:
         import monai  # noqa: F401
     except ImportError:
         sys.exit("MONAI is needed for the comparison (c): .venv/bin/pip install -e '.[bench]'")
+    from benchmarks.io_ceiling import available_libraries, block_copy, null_engine
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.shape)
     src = work / "input.zarr"
+    content = "kept"
     if not (args.keep and src.exists()):
-        t0 = time.perf_counter()
-        write_input(src, shape, slab=max(1, 2**26 // (shape[1] * shape[2])))  # type: ignore[arg-type]
-        print(f"input written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        content = write_content(src, shape, args.content)  # type: ignore[arg-type]
 
     torch.manual_seed(0)
     mcfg = UNetConfig(depth=args.depth, base_channels=args.base)
     ckpt = work / "model.pt"
     save_checkpoint(ckpt, UNet(mcfg), mcfg)
-    cfg = InferConfig(tile=(args.tile, args.tile), overlap=(args.overlap, args.overlap),
-                      halo=(0, args.halo, args.halo), batch_size=args.batch, block_shape=tuple(args.block),
-                      chunks=(1, args.chunk, args.chunk), compile=args.compile,
-                      device=args.device)
+    cfg = config_from(args)
     out = work / "prediction.zarr"
     shutil.rmtree(out, ignore_errors=True)
     cuda = torch.cuda.is_available() and args.device != "cpu"
+    device = "cuda" if cuda else "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
         factory = functools.partial(load_predictor, str(ckpt), cfg)
         engine = infer_volume(str(src), str(out), factory, "bench", cfg)
     gpu_peak_engine = torch.cuda.max_memory_allocated() if cuda else 0
+    used = fit_to_volume(cfg, shape)  # type: ignore[arg-type]
 
     pred = load_predictor(str(ckpt), cfg)
-    forward = bare_forward(pred, args.batch, args.tile, args.forward_seconds)
-    monai, monai_slices = monai_throughput(pred, src, shape, cfg, args.monai_gib)  # type: ignore[arg-type]
+    forward = bare_forward(pred, used.batch_size, used.tile[0], args.forward_seconds)
+    monai, monai_slices = monai_throughput(pred, src, shape, used, args.monai_gib)  # type: ignore[arg-type]
+    precision = pred.precision
+    del pred
+    copies = {lib: block_copy(src, work / f"copy-{lib}.zarr", cfg, lib) for lib in available_libraries()}
+    ceiling_lib = max(copies, key=lambda k: copies[k])
+    null = null_engine(src, work / "null-prediction.zarr", cfg, device)
+    a = engine["voxels_per_s"]
     result = {
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
-        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "content": content,
         "shape": list(shape), "voxels": engine["voxels"],
-        "model": {"depth": args.depth, "base_channels": args.base}, "tile": args.tile,
-        "overlap": args.overlap, "batch": args.batch, "precision": pred.precision, "compile": args.compile,
-        "a_engine_voxels_per_s": engine["voxels_per_s"], "engine_seconds": engine["seconds"],
+        "model": {"depth": args.depth, "base_channels": args.base}, "tile": list(used.tile),
+        "overlap": list(used.overlap), "halo": list(used.halo), "block": list(used.block_shape),
+        "blend": used.blend, "batch": used.batch_size, "precision": precision, "compile": args.compile,
+        "a_engine_voxels_per_s": a, "engine_seconds": engine["seconds"],
         "b_bare_forward_voxels_per_s": forward,
         "c_monai_voxels_per_s": monai, "monai_slices": monai_slices,
-        "tile_efficiency": cfg.tile_efficiency(),
-        "a_over_b": engine["voxels_per_s"] / forward, "a_over_c": engine["voxels_per_s"] / monai,
+        "d_io_ceiling_voxels_per_s": copies[ceiling_lib], "d_library": ceiling_lib, "d_copies": copies,
+        "e_null_engine_voxels_per_s": null,
+        "tile_efficiency": used.tile_efficiency(),
+        "a_over_b": a / forward, "a_over_b_times_efficiency": a / (forward * used.tile_efficiency()),
+        "a_over_c": a / monai, "e_over_d": null / copies[ceiling_lib],
         "peak_rss_engine_gib": rss.peak / 2**30,
         "peak_gpu_engine_gib": gpu_peak_engine / 2**30,
     }

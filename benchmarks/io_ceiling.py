@@ -35,6 +35,15 @@ LIBRARIES: dict[str, tuple[Backend, str | None]] = {
 }
 
 
+def available_libraries() -> list[str]:
+    """The libraries of LIBRARIES importable here (zarrs is a dev extra, absent on the GPU image)."""
+    import importlib.util
+
+    return [lib for lib, (backend, pipeline) in LIBRARIES.items()
+            if (pipeline is None or importlib.util.find_spec(pipeline.split(".")[0]) is not None)
+            and (backend != "tensorstore" or importlib.util.find_spec("tensorstore") is not None)]
+
+
 @contextlib.contextmanager
 def codec_pipeline(path: str | None) -> Iterator[None]:
     if path is None:
@@ -71,11 +80,13 @@ def block_copy(src: Path, dst: Path, cfg: InferConfig, library: str) -> float:
     return int(np.prod(volume.shape)) / seconds
 
 
-def null_engine(src: Path, dst: Path, cfg: InferConfig) -> float:
-    """(e): voxels/s of the whole engine (prepare, stream, finish) with a zero-cost predictor."""
+def null_engine(src: Path, dst: Path, cfg: InferConfig, device: str = "cpu") -> float:
+    """(e): voxels/s of the whole engine (prepare, stream, finish) with a zero-cost predictor whose
+    tiles live on ``device``."""
     shutil.rmtree(dst, ignore_errors=True)
+    factory = functools.partial(AffinePredictor, 1 / 255.0, 0.0, 0.0, device)
     t0 = time.perf_counter()
-    result = infer_volume(str(src), str(dst), functools.partial(AffinePredictor, 1 / 255.0), "zero-cost", cfg)
+    result = infer_volume(str(src), str(dst), factory, "zero-cost", cfg.model_copy(update={"device": device}))
     seconds = time.perf_counter() - t0
     if not np.array_equal(open_volume(dst).read(slice(0, 1)), open_volume(src).read(slice(0, 1))):
         raise AssertionError("the zero-cost engine does not reproduce its input (x / 255 → uint8)")

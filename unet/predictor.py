@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from unet.infer_config import InferConfig
+from unet.membrane import membrane_channel, membrane_probability  # noqa: F401 (re-exported)
 from unet.tta import tta_average
 
 # Intensities are scaled to [0, 1] as in training (uint8 EM / 255).
@@ -33,8 +34,11 @@ class AffinePredictor:
     CPU it computes in place in the engine's batch buffer (one numpy pass, no allocation).
     ``functools.partial(AffinePredictor, ...)`` is a factory."""
 
-    def __init__(self, scale: float = 1.0, offset: float = 0.0, delay_s: float = 0.0) -> None:
+    def __init__(self, scale: float = 1.0, offset: float = 0.0, delay_s: float = 0.0,
+                 device: str | None = None) -> None:
         self.scale, self.offset, self.delay_s = scale, offset, delay_s
+        if device is not None:  # where the engine puts the tiles (default: the CPU)
+            self.device = resolve_device(device)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if self.delay_s:
@@ -69,14 +73,6 @@ def effective_precision(cfg: InferConfig, device: torch.device) -> str:
     return cfg.precision
 
 
-def membrane_channel(n_classes: int, membrane_class: int | None) -> int:
-    """Which softmax channel is membrane: as configured, else training's convention (the loss in
-    :mod:`unet.train` makes class 1 membrane for any n_classes > 1); 0 for a single sigmoid logit."""
-    if membrane_class is not None:
-        return membrane_class
-    return 1 if n_classes > 1 else 0
-
-
 class ModelPredictor:
     """A U-Net as a predictor: tiles (B, 1, H, W) of raw intensities → membrane probability (B, 1, H, W).
 
@@ -102,10 +98,7 @@ class ModelPredictor:
         """Membrane probability (B, 1, H, W) float32 of inputs already scaled to [0, 1]."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.model(x).float()
-        if self.n_classes == 1:
-            return torch.sigmoid(logits[:, :1])
-        return torch.softmax(logits, dim=1)[:, self.membrane_class : self.membrane_class + 1]
+        return membrane_probability(self.model(x), self.membrane_class)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
