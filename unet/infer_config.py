@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from unet.blending import BlendMode
 
 TTA = Literal["none", "flips", "d4"]
+PYRAMID_TOP = 1024  # the automatic pyramid stops at the first level whose plane fits in this
 Precision = Literal["auto", "fp32", "bf16"]
 
 # Fields that change how fast the output is produced but not its bytes; everything else is
@@ -64,7 +65,9 @@ class InferConfig(BaseModel):
                                  "which one thread keeps busy; one per core, at most 2, on the CPU).")
     write_threads: int = Field(2, ge=1, description="Threads writing blocks; also the most finished "
                                "blocks waiting to be written.")
-    pyramid_levels: int = Field(0, ge=0, le=8, description="Extra 2x-downsampled levels for viewers.")
+    pyramid_levels: int | None = Field(None, ge=0, le=8, description="Extra 2x-downsampled levels for "
+                                       "viewers; default: as many as it takes for the top level to fit in "
+                                       f"{PYRAMID_TOP} x {PYRAMID_TOP} pixels (none for small volumes).")
     membrane_class: int | None = Field(None, ge=0, description="Channel holding the membrane class for "
                                        "models with n_classes > 1 (softmax); default: 1, as training "
                                        "uses; ignored for a single sigmoid logit.")
@@ -135,10 +138,20 @@ FIT_MULTIPLE = 128
 def fit_to_volume(cfg: InferConfig, shape: tuple[int, ...] | list[int]) -> InferConfig:
     """``cfg`` with each tile axis shrunk to the volume's plane (rounded up to ``FIT_MULTIPLE``)
     where the plane is smaller than the tile, so a 512 x 512 stack is not predicted in mirror-padded
-    2560 x 2560 tiles. Deterministic in (cfg, shape); the run's identity records the result."""
+    2560 x 2560 tiles, and the automatic pyramid depth resolved. Deterministic in (cfg, shape); the
+    run's identity records the result."""
     tile = tuple(min(t, -(-int(n) // FIT_MULTIPLE) * FIT_MULTIPLE)
                  for t, n in zip(cfg.tile, shape[1:], strict=True))
-    if tile == cfg.tile:
-        return cfg
-    overlap = tuple(min(o, t // 2) for o, t in zip(cfg.overlap, tile, strict=True))
-    return cfg.model_copy(update={"tile": tile, "overlap": overlap})
+    update: dict[str, Any] = {}
+    if tile != cfg.tile:
+        update["tile"] = tile
+        update["overlap"] = tuple(min(o, t // 2) for o, t in zip(cfg.overlap, tile, strict=True))
+    if cfg.pyramid_levels is None:
+        update["pyramid_levels"] = auto_pyramid_levels(shape)
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def auto_pyramid_levels(shape: tuple[int, ...] | list[int]) -> int:
+    """2x levels (y, x) until the plane fits in PYRAMID_TOP² (at most 8): 0 for 1024², 3 for 8192²."""
+    side = max(int(shape[-1]), int(shape[-2]))
+    return min(8, max(0, math.ceil(math.log2(side / PYRAMID_TOP)))) if side > PYRAMID_TOP else 0

@@ -205,7 +205,7 @@ def prepare_run(volume_path: str, prediction_path: str, predictor_factory: Calla
     chunks, shards = store_layout(volume.shape, cfg)
     store = create_or_resume_prediction(
         prediction_path, shape=volume.shape, voxel_size=volume.voxel_size, chunks=chunks,
-        shards=shards, n_blocks=len(blocks), identity=identity, pyramid_levels=cfg.pyramid_levels,
+        shards=shards, n_blocks=len(blocks), identity=identity, pyramid_levels=cfg.pyramid_levels or 0,
         overwrite=overwrite)
     pending = store.pending()
     groups = group_blocks(pending, cfg.groups_for(len(blocks)))

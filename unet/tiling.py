@@ -89,7 +89,7 @@ def _quantise_rows(d: np.ndarray, p: np.ndarray, factor: np.ndarray | np.float32
     for r0 in range(0, p.shape[0], rows):
         r1 = min(r0 + rows, p.shape[0])
         t = tmp[: r1 - r0]
-        np.multiply(p[r0:r1], factor if np.ndim(factor) == 0 else factor[r0:r1], out=t)
+        np.multiply(p[r0:r1], factor[r0:r1] if isinstance(factor, np.ndarray) else factor, out=t)
         np.clip(t, 0, 255, out=t)
         np.rint(t, out=t)
         np.copyto(d[r0:r1], t, casting="unsafe")  # exact integers in 0..255: the cast loses nothing

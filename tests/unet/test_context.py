@@ -116,7 +116,10 @@ def test_small_volumes_get_a_tile_that_fits_them() -> None:
     cfg = InferConfig()
     assert fit_to_volume(cfg, (30, 512, 512)).tile == (512, 512)
     assert fit_to_volume(cfg, (30, 500, 9000)).tile == (512, cfg.tile[1])
-    assert fit_to_volume(cfg, (3, 8000, 8000)) is cfg
+    big = fit_to_volume(cfg, (3, 8000, 8000))
+    assert big.tile == cfg.tile and big.pyramid_levels == 3  # 8000 → 4000 → 2000 → 1000: fits 1024
+    assert fit_to_volume(cfg, (3, 900, 600)).pyramid_levels == 0
+    assert fit_to_volume(cfg.model_copy(update={"pyramid_levels": 1}), (3, 8000, 8000)).pyramid_levels == 1
 
 
 def test_blockwise_equals_the_whole_slice_when_context_covers_the_receptive_field() -> None:
