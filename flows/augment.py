@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from prefect import flow
 
-from tasks.augment import check_augment_inputs, generate_training_set, write_augment_preview
+from tasks.augment import generate_training_set
 from unet.augment import AugmentConfig
+from unet.augment_stage import AugmentResult, AugmentStageConfig
 
 
 @flow(name="augment")
@@ -26,7 +24,7 @@ def augment_flow(
     num_workers: int | None = None,
     overwrite: bool = False,
     preview: bool = False,
-) -> dict[str, Any]:
+) -> AugmentResult:
     """Generate (or resume, or leave alone if finished) an augmented training set.
 
     Args:
@@ -45,12 +43,7 @@ def augment_flow(
         overwrite: Replace an existing training set.
         preview: Also write reports/<dataset>/augment-preview.png and a preview artifact.
     """
-    t0 = time.perf_counter()
-    plan = check_augment_inputs(workspace, image, labels, dataset, slices, n_samples, root_seed,
-                                config, group_size, overwrite)
-    result = generate_training_set(plan, n_samples, root_seed, config, group_size,
-                                   dask_address=dask_address, num_workers=num_workers)
-    if preview:
-        result["preview"] = write_augment_preview(plan, workspace, dataset, root_seed, config)
-    result["seconds"] = round(time.perf_counter() - t0, 3)
-    return result
+    cfg = AugmentStageConfig(slices=slices, n_samples=n_samples, root_seed=root_seed, group_size=group_size,
+                             augment=config, overwrite=overwrite, preview=preview)
+    return generate_training_set(workspace, image, labels, dataset, cfg, dask_address=dask_address,
+                                 num_workers=num_workers)

@@ -1,7 +1,11 @@
-"""The ``emseg`` command line: one sub-command per flow.
+"""The ``emseg`` command line: one sub-command per stage, plus the orchestration commands.
 
-Each command imports its flow lazily, so ``emseg ingest`` never imports torch. With no
-``PREFECT_API_URL`` set, the flows run on Prefect's temporary local server.
+A stage command checks its inputs first (headers only, :mod:`flows.preflight`), then runs
+the stage function in this process under a progress bar (:mod:`flows.direct`) when no
+Prefect server is configured, or its flow when ``PREFECT_API_URL`` is set or ``--prefect``
+is given. Imports are lazy: ``emseg ingest`` never imports torch, and no command imports
+Prefect before its inputs are checked. ``demo``, ``pipeline`` and ``nightly`` always run
+their flows (on Prefect's temporary local server without ``PREFECT_API_URL``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ import os
 
 import typer
 
-from storage.errors import StorageError
+from flows.direct import PREFECT_HELP, run_stage, use_prefect
+from storage.errors import StorageError, is_permanent_os_error
 
 app = typer.Typer(help="Segment cell membranes in EM volumes with a U-Net, orchestrated by Prefect.",
                   no_args_is_help=True, add_completion=False)
@@ -34,29 +39,25 @@ def ingest(
     compression: str = typer.Option("zstd", help="zstd, blosc or none."),
     pyramid_levels: int = typer.Option(0, help="Extra 2x-downsampled levels for viewers."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
 ) -> None:
     """Ingest a TIFF stack (and its labels) into OME-Zarr volumes in the workspace."""
-    import json
-
-    from flows.ingest import ingest_flow
+    from flows.cli_output import print_ingest
     from storage.ingest_config import IngestConfig
+    from storage.ingest_stage import ingest_stage, plan_stage
+    from storage.workspace import Workspace
 
     cfg = IngestConfig(voxel_size=voxel_size, channel=channel, compression=compression,  # type: ignore[arg-type]
                        pyramid_levels=pyramid_levels, overwrite=overwrite)
-    result = ingest_flow(sources=sources, workspace=out, name=name, labels=labels or None, config=cfg)
-    for kind in ("image", "labels"):
-        if kind in result:
-            s = result[kind]
-            typer.echo(f"{kind}: {s['path']} ({s['action']})\n  shape (z, y, x) {tuple(s['shape'])}, "
-                       f"dtype {s['dtype']}, voxel size (z, y, x) {tuple(s['voxel_size_nm'])} nm "
-                       f"[{s['voxel_size_origin']}], chunks {tuple(s['chunks'])}, shards "
-                       f"{tuple(s['shards']) if s['shards'] else None}, levels {s['levels']}")
-            if s.get("voxel_size_unknown"):
-                typer.secho(f"emseg: warning: {s['path']}: voxel size unknown on axes "
-                            f"{', '.join(s['voxel_size_unknown'])} (neither --voxel-size nor the file's "
-                            "metadata gives it); 1 nm recorded there. Pass --voxel-size Z Y X (nm) with "
-                            "--overwrite to record the real size.", err=True, fg=typer.colors.YELLOW)
-    typer.echo(json.dumps({k: result[k] for k in ("image", "labels", "seconds") if k in result}, indent=2))
+    if use_prefect(prefect):
+        plan_stage(sources, Workspace(out), name, cfg, labels)  # headers checked before the server starts
+        from flows.ingest import ingest_flow
+
+        result = ingest_flow(sources=sources, workspace=out, name=name, labels=labels or None, config=cfg)
+    else:
+        result = run_stage("ingest", "slabs",
+                           lambda p: ingest_stage(sources, Workspace(out), name, cfg, labels or None, p))
+    print_ingest(result, warn=use_prefect(prefect))
 
 
 @app.command()
@@ -65,30 +66,49 @@ def infer(
     model: str = typer.Option(..., "--model", help="Checkpoint (.pt) to run."),
     out: str = typer.Option("./workspace", "--out", help="Workspace root; writes predictions/<name>.zarr."),
     name: str | None = typer.Option(None, "--name", help="Prediction name (default: the volume's name)."),
-    tile: int = typer.Option(512, help="Square tile size in pixels (multiple of 2**(depth-1))."),
-    overlap: int = typer.Option(64, help="Overlap between tiles, pixels."),
-    halo: int = typer.Option(32, help="Real context read around each block in y, x, pixels."),
-    batch_size: int = typer.Option(8, help="Tiles per forward pass."),
-    blend: str = typer.Option("gaussian", help="gaussian, constant or crop."),
+    tile: int | None = typer.Option(None, help="Square tile size in pixels (multiple of 2**(depth-1)); "
+                                    "default 2560, shrunk to small volumes."),
+    overlap: int | None = typer.Option(None, help="Overlap between tiles, pixels (default 224)."),
+    halo: int | None = typer.Option(None, help="Real context read around each block in y, x, pixels "
+                                    "(default 112)."),
+    batch_size: int | None = typer.Option(None, help="Tiles per forward pass (default 2)."),
+    blend: str | None = typer.Option(None, help="crop (default), gaussian or constant."),
     tta: str = typer.Option("none", help="Test-time augmentation: none, flips or d4."),
-    pyramid_levels: int = typer.Option(0, help="Extra 2x-downsampled levels for viewers."),
+    pyramid_levels: int | None = typer.Option(None, help="Extra 2x-downsampled levels for viewers "
+                                              "(default: until a level fits in 1024 x 1024)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA only)."),
     dask_address: str | None = typer.Option(None, "--dask", help="Dask scheduler address (tcp://host:8786)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prediction."),
+    prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
 ) -> None:
     """Predict membrane probabilities for VOLUME with a trained model, blockwise and resumably."""
-    import json
-
-    from flows.infer import infer_flow
+    from flows.preflight import require_checkpoint, require_named
+    from storage.workspace import Workspace
     from unet.infer_config import InferConfig
 
-    cfg = InferConfig(tile=(tile, tile), overlap=(overlap, overlap), halo=(0, halo, halo),
-                      batch_size=batch_size, blend=blend, tta=tta, pyramid_levels=pyramid_levels,  # type: ignore[arg-type]
-                      device=device, compile=compile_model)
-    result = infer_flow(workspace=out, volume=volume, checkpoint=model, output=name, config=cfg,
-                        dask_address=dask_address, overwrite=overwrite)
-    typer.echo(json.dumps(result, indent=2))
+    require_named(Workspace(out), "volumes", volume)
+    require_checkpoint(model)
+
+    given = {"tile": tile and (tile, tile), "overlap": overlap is not None and (overlap, overlap),
+             "halo": halo is not None and (0, halo, halo), "batch_size": batch_size, "blend": blend,
+             "pyramid_levels": pyramid_levels}
+    cfg = InferConfig(tta=tta, device=device, compile=compile_model,  # type: ignore[arg-type]
+                      **{k: v for k, v in given.items() if v is not None and v is not False})
+    if use_prefect(prefect):
+        from flows.infer import infer_flow
+
+        result = infer_flow(workspace=out, volume=volume, checkpoint=model, output=name, config=cfg,
+                            dask_address=dask_address, overwrite=overwrite)
+    else:
+        from tasks.cluster import cluster
+        from unet.infer_stage import infer_stage
+
+        with cluster(dask_address) as client:
+            result = run_stage("infer", "blocks", lambda p: infer_stage(
+                Workspace(out), volume, model, cfg, output=name, overwrite=overwrite, client=client,
+                progress=p))
+    typer.echo(result.model_dump_json(indent=2))
 
 
 @app.command()
@@ -108,19 +128,36 @@ def augment(
     num_workers: int | None = typer.Option(None, help="Local threads (default: all cores)."),
     overwrite: bool = typer.Option(False, help="Replace an existing training set."),
     preview: bool = typer.Option(False, help="Write reports/<dataset>/augment-preview.png."),
+    prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
 ) -> None:
     """Generate an MLS-augmented training set (resumable, parallel with Dask)."""
-    import json
+    from flows.preflight import require_named
+    from storage.workspace import Workspace
 
-    from flows.augment import augment_flow
+    ws = Workspace(workspace)
+    require_named(ws, "volumes", image)
+    require_named(ws, "labels", labels)
     from unet.augment import AugmentConfig
+    from unet.augment_stage import AugmentStageConfig, augment_stage, plan_augment
 
-    result = augment_flow(image=image, labels=labels, dataset=dataset, workspace=workspace, slices=slices,
-                          n_samples=n_samples, root_seed=seed,
-                          config=AugmentConfig.model_validate_json(config_json),
-                          group_size=group_size, dask_address=dask_address, num_workers=num_workers,
-                          overwrite=overwrite, preview=preview)
-    typer.echo(json.dumps(result, indent=2))
+    cfg = AugmentStageConfig(slices=slices, n_samples=n_samples, root_seed=seed, group_size=group_size,
+                             augment=AugmentConfig.model_validate_json(config_json), overwrite=overwrite,
+                             preview=preview)
+    plan_augment(ws, image, labels, dataset, cfg)  # everything checked before any write or server start
+    if use_prefect(prefect):
+        from flows.augment import augment_flow
+
+        result = augment_flow(image=image, labels=labels, dataset=dataset, workspace=workspace, slices=slices,
+                              n_samples=n_samples, root_seed=seed, config=cfg.augment, group_size=group_size,
+                              dask_address=dask_address, num_workers=num_workers, overwrite=overwrite,
+                              preview=preview)
+    else:
+        from tasks.cluster import cluster
+
+        with cluster(dask_address) as client:
+            result = run_stage("augment", "groups", lambda p: augment_stage(
+                ws, image, labels, dataset, cfg, client=client, num_workers=num_workers, progress=p))
+    typer.echo(result.model_dump_json(indent=2))
 
 
 @app.command()
@@ -143,26 +180,42 @@ def train(
                                       "(e.g. select on 20-24, report on 25-29)."),
     allow_val_overlap: bool = typer.Option(False, "--allow-val-overlap", help="Validate even on slices the "
                                            "training set was generated from (refused by default)."),
-    resume: bool = typer.Option(False, help="Continue models/<run>/checkpoint-last.pt."),
+    resume: bool = typer.Option(False, help="Insist on continuing models/<run>/checkpoint-last.pt (an "
+                                "error if there is none); without it a run of the same settings continues."),
     overwrite: bool = typer.Option(False, help="Start again over an existing run."),
+    prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
 ) -> None:
     """Train a U-Net (best checkpoint by validation V_rand); prints paths and best metrics."""
     import json
 
-    from flows.train import train_flow
+    from flows.preflight import require_dataset, require_named
+    from storage.workspace import Workspace
+
+    ws = Workspace(workspace)
+    require_dataset(ws, dataset)
+    require_named(ws, "volumes", val_image)
+    require_named(ws, "labels", val_labels)
     from unet.model import UNetConfig
     from unet.train import TrainConfig
+    from unet.train_stage import TrainStageConfig, train_stage
 
     overrides: dict[str, object] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size))
                                     if v is not None}
     if allow_val_overlap:
         overrides["allow_val_overlap"] = True
-    cfg = TrainConfig.model_validate({**json.loads(config_json), **overrides})
-    result = train_flow(workspace=workspace, dataset=dataset, val_image=val_image, val_labels=val_labels,
-                        val_slices=val_slices, run=run, train=cfg,
-                        unet=UNetConfig.model_validate_json(unet_json), resume=resume, overwrite=overwrite,
-                        report_slices=report_slices)
-    typer.echo(json.dumps(result, indent=2))
+    cfg = TrainStageConfig(train=TrainConfig.model_validate({**json.loads(config_json), **overrides}),
+                           unet=UNetConfig.model_validate_json(unet_json), val_slices=val_slices,
+                           report_slices=report_slices, resume=resume, overwrite=overwrite)
+    if use_prefect(prefect):
+        from flows.train import train_flow
+
+        result = train_flow(workspace=workspace, dataset=dataset, val_image=val_image, val_labels=val_labels,
+                            val_slices=val_slices, run=run, train=cfg.train, unet=cfg.unet, resume=resume,
+                            overwrite=overwrite, report_slices=report_slices)
+    else:
+        result = run_stage("train", "steps", lambda p: train_stage(
+            ws, dataset, val_image, val_labels, run, cfg, progress=p))
+    typer.echo(result.model_dump_json(indent=2))
 
 
 @app.command()
@@ -174,23 +227,34 @@ def evaluate(
     polarity: str = typer.Option("zero_is_membrane", help="zero_is_membrane (ISBI) or nonzero_is_membrane."),
     segmentation: str | None = typer.Option(None, help="Cell labels to score too (V_rand, V_info): a name "
                                             "(segmentations/<name>.zarr) or path."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report of this run made from "
+                                   "other inputs."),
+    prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
 ) -> None:
     """Score a membrane-probability volume and/or a segmentation against labels; prints a table."""
-    from typing import cast
+    from flows.cli_output import print_scores
+    from flows.preflight import require_named
+    from storage.workspace import Workspace
+    from unet.evaluate_stage import EvaluateConfig, evaluate_stage
 
-    from flows.evaluate import SEGMENTATION_KEYS, TABLE_KEYS, evaluate_flow
-    from unet.labels import Polarity
+    ws = Workspace(workspace)
+    cfg = EvaluateConfig(polarity=polarity)  # type: ignore[arg-type]  # pydantic names a bad value
+    if prediction is None and segmentation is None:
+        raise ValueError("evaluate needs --prediction, --segmentation, or both")
+    require_named(ws, "labels", labels)
+    for kind, given in (("predictions", prediction), ("segmentations", segmentation)):
+        if given is not None:
+            require_named(ws, kind, given)
+    if use_prefect(prefect):
+        from flows.evaluate import evaluate_flow
 
-    # The flow validates the value (its parameters are checked by pydantic) and names it if wrong.
-    report = evaluate_flow(workspace=workspace, prediction=prediction, labels=labels,
-                           polarity=cast(Polarity, polarity), run=run, segmentation=segmentation)
-    rows = [(key, report[key]) for key in TABLE_KEYS if prediction is not None]
-    rows += [(f"segmentation_{key}", report["segmentation_scores"][key]) for key in SEGMENTATION_KEYS
-             if segmentation is not None]
-    width = max(len(key) for key, _ in rows)
-    typer.echo(f"{'metric':<{width}}  value")
-    for key, value in rows:
-        typer.echo(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        result = evaluate_flow(workspace=workspace, prediction=prediction, labels=labels,
+                               polarity=cfg.polarity, run=run, segmentation=segmentation, overwrite=overwrite)
+    else:
+        result = run_stage("evaluate", "slices", lambda p: evaluate_stage(
+            ws, labels, run, cfg, prediction=prediction, segmentation=segmentation, progress=p,
+            overwrite=overwrite))
+    print_scores(result)
 
 
 @app.command()
@@ -207,22 +271,80 @@ def segment(
                                      "overlapping between slices are joined)."),
     block: tuple[int, int, int] = typer.Option((8, 1024, 1024), "--block", help="Block size Z Y X (voxels)."),
     halo: int = typer.Option(32, help="Context read around each block in y, x (pixels)."),
-    pyramid_levels: int = typer.Option(0, help="Extra 2x-downsampled levels for viewers."),
+    pyramid_levels: int | None = typer.Option(None, help="Extra 2x-downsampled levels for viewers "
+                                              "(default: until a level fits in 1024 x 1024)."),
     dask_address: str | None = typer.Option(None, "--dask", help="Dask scheduler address (tcp://host:8786)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing segmentation."),
+    prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
 ) -> None:
     """Cell labels from membrane probabilities: seeded watershed, blockwise with global IDs, resumable."""
-    import json
-
-    from flows.segment import segment_flow
+    from flows.preflight import require_volume
+    from storage.workspace import Workspace
     from unet.segment_config import SegmentConfig
+    from unet.segment_stage import resolve_probability, segment_stage
+
+    ws = Workspace(workspace)
+    require_volume(resolve_probability(ws, probability))
 
     cfg = SegmentConfig(threshold=threshold, seed_distance=seed_distance, min_seed_size=min_seed_size,
                         link_slices=link_slices, block_shape=block, halo=(halo, halo),
                         pyramid_levels=pyramid_levels)
-    result = segment_flow(workspace=workspace, probability=probability, name=name, config=cfg,
-                          dask_address=dask_address, overwrite=overwrite)
-    typer.echo(json.dumps(result, indent=2))
+    if use_prefect(prefect):
+        from flows.segment import segment_flow
+
+        result = segment_flow(workspace=workspace, probability=probability, name=name, config=cfg,
+                              dask_address=dask_address, overwrite=overwrite)
+    else:
+        from tasks.cluster import cluster
+
+        with cluster(dask_address) as client:
+            result = run_stage("segment", "block passes", lambda p: segment_stage(
+                ws, probability, cfg, name=name, overwrite=overwrite, client=client, progress=p))
+    typer.echo(result.model_dump_json(indent=2))
+
+
+@app.command()
+def view(
+    targets: list[str] = typer.Argument(..., help="Workspace roots (volumes/, predictions/, segmentations/, "
+                                        "labels/ are shown) or OME-Zarr stores."),
+    name: list[str] | None = typer.Option(None, "--name", help="Show only stores of this name (repeatable)."),
+    screenshot: str | None = typer.Option(None, "--screenshot", help="Render the view headless (Chromium) "
+                                          "into this PNG once the data has loaded, then exit."),
+    z: int | None = typer.Option(None, help="Slice shown (default: the middle one)."),
+    layout: str = typer.Option("xy", help="xy, 4panel, xz, yz or 3d."),
+    size: tuple[int, int] = typer.Option((1280, 800), help="Screenshot width and height, pixels."),
+    bind: str = typer.Option("127.0.0.1", help="Address the servers listen on (0.0.0.0 exposes the "
+                             "workspace's files, behind a random token, to the network)."),
+    port: int = typer.Option(0, help="Viewer port (0 = any free port)."),
+    data_port: int = typer.Option(0, help="File server port (0 = any free port)."),
+) -> None:
+    """Open raw volumes, predictions and segmentations together in neuroglancer; prints the URL."""
+    import time
+
+    from flows.view import ScreenshotError, open_view, take_screenshot
+
+    view = open_view(targets, names=name or (), bind_address=bind, port=port, data_port=data_port,
+                     layout=layout, z=z, size=size)
+    try:
+        for note in view.notes:
+            typer.secho(f"emseg: note: {note}", err=True, fg=typer.colors.YELLOW)
+        typer.echo(f"layers: {', '.join(s.layer for s in view.stores)}")
+        if screenshot:
+            try:
+                shot = take_screenshot(view, screenshot, size=size)
+            except ScreenshotError as e:
+                typer.secho(f"emseg: error: {e}", err=True, fg=typer.colors.RED)
+                raise SystemExit(2) from None
+            typer.echo(f"screenshot: {shot['screenshot']} ({shot['width']} x {shot['height']})")
+            return
+        typer.echo(view.url, nl=True)
+        typer.echo("serving until Ctrl-C", err=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.close()
 
 
 @app.command()
@@ -297,6 +419,13 @@ def main() -> None:
         if os.environ.get("EMSEG_DEBUG"):
             raise
         typer.secho(f"emseg: error: {type(e).__name__}: {e}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None
+    except OSError as e:  # a full or read-only disk, no permission: one line, with the path if known
+        if os.environ.get("EMSEG_DEBUG") or not is_permanent_os_error(e):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        typer.secho(f"emseg: error: {e.strerror or e}{where} [errno {e.errno}]", err=True,
+                    fg=typer.colors.RED)
         raise SystemExit(2) from None
 
 

@@ -86,7 +86,7 @@ def run_demo(workspace: str = "workspace", isbi_dir: str | None = None, steps: i
         source = os.path.join(inputs, "synthetic.tif")
         labels = os.path.join(inputs, "synthetic_labels.tif")
         if not (os.path.exists(source) and os.path.exists(labels)):
-            write_synthetic_stack(inputs, SyntheticSpec(shape=SYNTHETIC_SHAPE, seed=1), stem="synthetic",
+            write_synthetic_stack(inputs, SyntheticSpec.hard(shape=SYNTHETIC_SHAPE, seed=1), stem="synthetic",
                                   overwrite=True)
         params = demo_params(workspace, source, labels, steps=steps)
     result = pipeline_flow(params)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 from pydantic import Field
 
-from storage.workspace import Workspace
-from tasks.evaluate import evaluate_prediction, evaluate_segmentation
+from tasks.evaluate import evaluate
 from tasks.observe import publish_metrics_table
+from unet.evaluate_stage import EvaluateConfig, EvaluateResult
 from unet.labels import Polarity
 from unet.metrics import DEFAULT_THRESHOLDS
 
@@ -17,13 +15,6 @@ TABLE_KEYS = ("v_rand", "v_rand_threshold", "v_info", "v_info_threshold", "isbi_
               "isbi_pixel_error_threshold", "pixel_accuracy_at_half", "pixel_accuracy_best",
               "pixel_accuracy_best_threshold", "dice_at_half", "iou_at_half", "n_slices")
 SEGMENTATION_KEYS = ("v_rand", "v_info", "n_cells", "n_slices")
-
-
-def resolve_prediction(workspace: str, prediction: str) -> str:
-    """A path (contains '/' or ends in .zarr) as given, else predictions/<name>.zarr."""
-    if "/" in prediction or prediction.endswith(".zarr"):
-        return prediction
-    return Workspace(workspace).prediction(prediction)
 
 
 @flow(name="evaluate", log_prints=True)
@@ -40,24 +31,18 @@ def evaluate_flow(
     segmentation: str | None = Field(None, description="Cell labels to score too: a name "
                                      "(segmentations/<name>.zarr) or a path; writes "
                                      "reports/<run>/segmentation-metrics.json."),
-) -> dict[str, Any]:
+    overwrite: bool = Field(False, description="Replace a report of this run made from other inputs "
+                            "(without it, such a report is refused)."),
+) -> EvaluateResult:
     """Score a prediction volume with the ISBI 2012 metrics (and/or a segmentation with V_rand,
-    V_info); returns the metrics, the segmentation's under ``"segmentation_scores"``."""
-    if prediction is None and segmentation is None:
-        raise ValueError("evaluate needs a prediction, a segmentation, or both")
-    ws = Workspace(workspace)
-    report: dict[str, Any] = {}
-    if prediction is not None:
-        report = evaluate_prediction(resolve_prediction(workspace, prediction), ws.labels(labels), polarity,
-                                     ws.report_dir(run), tuple(thresholds))
-        publish_metrics_table(f"evaluate-{run}", [{"run": run, **{k: report[k] for k in TABLE_KEYS}}],
+    V_info); returns both (``metrics``, ``segmentation``), None for what was not scored."""
+    result = evaluate(workspace, labels, run, EvaluateConfig(polarity=polarity, thresholds=tuple(thresholds)),
+                      prediction=prediction, segmentation=segmentation, overwrite=overwrite)
+    if result.metrics is not None:
+        publish_metrics_table(f"evaluate-{run}", [{"run": run, **{k: result.metrics[k] for k in TABLE_KEYS}}],
                               f"ISBI 2012 scores of {prediction} against {labels}")
-    if segmentation is not None:
-        seg_path = segmentation if "/" in segmentation or segmentation.endswith(".zarr") else \
-            ws.segmentation(segmentation)
-        seg = evaluate_segmentation(seg_path, ws.labels(labels), polarity, ws.report_dir(run))
+    if result.segmentation is not None:
         publish_metrics_table(f"evaluate-{run}-segmentation",
-                              [{"run": run, **{k: seg[k] for k in SEGMENTATION_KEYS}}],
+                              [{"run": run, **{k: result.segmentation[k] for k in SEGMENTATION_KEYS}}],
                               f"Scores of the cells in {segmentation} against {labels}")
-        report = {**report, "segmentation_scores": seg}
-    return report
+    return result

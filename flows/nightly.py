@@ -101,7 +101,7 @@ def ingest_cached(path: str, labels: str | None, workspace: str, name: str, conf
 
     out = ingest_flow(sources=[path], workspace=workspace, name=name, labels=[labels] if labels else None,
                       config=config)
-    return {"image": out["image"]["path"], "labels": out["labels"]["path"] if "labels" in out else None}
+    return {"image": out.image.path, "labels": out.labels.path if out.labels else None}
 
 
 @flow(name="nightly-stack", flow_run_name="stack-{name}")
@@ -118,33 +118,44 @@ def _process_stack(ws: Workspace, name: str, path: str, labels: str | None, dige
                    labels_digest: str | None, checkpoint: str, params: NightlyParams) -> dict[str, Any]:
     from flows.evaluate import evaluate_flow
     from flows.infer import infer_flow
+    from storage.locks import store_lock
+    from storage.volume import open_volume
+    from unet.checkpoint import checkpoint_sha256
+    from unet.infer_config import fit_to_volume
 
     vols = ingest_cached(path, labels, params.workspace, name, params.ingest, digest, labels_digest)
-    infer_flow(workspace=params.workspace, volume=name, checkpoint=checkpoint, output=name,
-               config=params.infer, dask_address=params.dask_address)
+    # Under the prediction's file lock (waiting for another run writing it, on any Prefect home):
+    # a prediction already made with this model and config is current, not a failure.
+    fitted = fit_to_volume(params.infer, open_volume(vols["image"]).shape)  # as the run records it
+    with store_lock(ws.prediction(name)):
+        if not is_current(ws.prediction(name), {"inference.model_sha256": checkpoint_sha256(checkpoint),
+                                                "inference.config": fitted.identity()}).current:
+            infer_flow(workspace=params.workspace, volume=name, checkpoint=checkpoint, output=name,
+                       config=params.infer, dask_address=params.dask_address)
     result: dict[str, Any] = {"name": name, "source": path, "volume": vols["image"],
                               "prediction": ws.prediction(name), "metrics": None}
     report_dir = ws.report_dir(f"nightly-{name}")
     if params.segment is not None:
         from flows.segment import segment_flow
-        from storage.provenance import check_current, read_record
+        from storage.freshness import decide
+        from storage.provenance import read_record
 
         expected = {"segment.source": ws.prediction(name), "segment.config": params.segment.identity()}
-        record = read_record(ws.segmentation(name))
-        if not check_current(record, expected).current:  # else made already (a retried stack)
-            # The same source and settings, unfinished: resume; anything else there: replace.
-            same = record is not None and check_current({**record, "complete": True}, expected).current
+        # Made already (a retried stack): reuse; unfinished: resume; anything else there: replace.
+        d = decide(read_record(ws.segmentation(name)), expected, on_stale="replace")
+        if d.runs:
             segment_flow(workspace=params.workspace, probability=ws.prediction(name), name=name,
                          config=params.segment, dask_address=params.dask_address,
-                         overwrite=record is not None and not same)
+                         overwrite=d.action == "replace")
         result["segmentation"] = ws.segmentation(name)
     if vols["labels"]:
         report = evaluate_flow(workspace=params.workspace, prediction=name, labels=name,
                                polarity=params.polarity, run=f"nightly-{name}",
                                segmentation=name if params.segment is not None else None)
-        result["metrics"] = {k: report[k] for k in ("isbi_pixel_error", "v_rand", "v_info") if k in report}
-        if "segmentation_scores" in report:
-            result["metrics"].update({f"cells_{k}": report["segmentation_scores"][k]
+        scores = report.metrics or {}
+        result["metrics"] = {k: scores[k] for k in ("isbi_pixel_error", "v_rand", "v_info") if k in scores}
+        if report.segmentation is not None:
+            result["metrics"].update({f"cells_{k}": report.segmentation[k]
                                       for k in ("v_rand", "v_info", "n_cells")})
     previews = save_previews_task(vols["image"], report_dir, ws.prediction(name), vols["labels"], 1)
     result["previews"] = [p["path"] for p in previews]

@@ -28,13 +28,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect import flow
 
 from flows.pipeline_config import PipelineParams
+from storage import freshness
 from storage.provenance import (
-    check_current,
     clear_stamp,
     is_current,
     memo_content_digest,
@@ -47,6 +47,9 @@ from tasks.observe import publish_metrics_table, publish_summary, save_previews_
 from tasks.progress import run_logger
 from tasks.split import stack_split
 from unet.split import parse_slice_range
+
+if TYPE_CHECKING:
+    from unet.train_stage import TrainStageResult
 
 Mode = Literal["create", "resume", "replace"]
 STEPS = ("ingest", "augment", "train", "infer", "evaluate")
@@ -62,20 +65,17 @@ class StepCheck:
 
 
 def decide(output_record: dict[str, Any] | None, expected: dict[str, Any], upstream_ran: bool) -> StepCheck:
-    """The one rule every step follows (pure: tested without files).
+    """:func:`storage.freshness.decide` as the pipeline applies it (pure: tested without files).
 
     Current output and nothing upstream ran: skip. No output: create. An output made from
-    the same inputs and parameters but unfinished: resume. Anything else: replace.
+    the same inputs and parameters but unfinished: resume. Anything else: replace (the
+    pipeline owns its outputs).
     """
-    fresh = check_current(output_record, expected)
-    if fresh.current and not upstream_ran:
-        return StepCheck(False, "resume", fresh.reason)
-    if not fresh.exists:
-        return StepCheck(True, "create", fresh.reason)
-    same_inputs = check_current({**(output_record or {}), "complete": True}, expected).current
-    if fresh.current:  # upstream ran: the inputs may hold new bytes under the same names
-        return StepCheck(True, "replace", "a step before it ran again")
-    return StepCheck(True, "resume" if same_inputs else "replace", fresh.reason)
+    d = freshness.decide(output_record, expected, upstream_ran=upstream_ran, on_stale="replace")
+    if d.action == "reuse":
+        return StepCheck(False, "resume", d.reason)
+    mode: Mode = "create" if d.action == "create" else "resume" if d.action == "resume" else "replace"
+    return StepCheck(True, mode, d.reason)
 
 
 def _stamp(ws: Workspace, step: str, key: str) -> str:
@@ -198,9 +198,14 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     if not os.path.exists(best):
         raise RuntimeError(f"training left no best checkpoint at {best} (no validation ran?)")
 
-    # infer: the prediction records the checkpoint's SHA-256 and the output-shaping config.
+    # infer: the prediction records the checkpoint's SHA-256 and the output-shaping config, as fitted
+    # to the volume (tile shrunk to small volumes, automatic pyramid resolved).
+    from storage.volume import open_volume
+    from unet.infer_config import fit_to_volume
+
+    fitted = fit_to_volume(p.infer, open_volume(paths["volume"]).shape)
     infer_expected = {"inference.model_sha256": checkpoint_sha256(best),
-                      "inference.config": p.infer.identity()}
+                      "inference.config": fitted.identity()}
     runner.step(
         "infer", paths["prediction"], lambda: read_record(paths["prediction"]), infer_expected,
         lambda mode: infer_flow(workspace=p.workspace, volume=p.name, checkpoint=best, output=p.name,
@@ -214,7 +219,7 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
         "evaluate", paths["report"], lambda: read_record(metrics_path), eval_expected,
         lambda mode: evaluate_flow(workspace=p.workspace, prediction=p.name, labels=p.name,
                                    polarity=p.evaluate.polarity, run=p.report_name,
-                                   thresholds=p.evaluate.thresholds))
+                                   thresholds=p.evaluate.thresholds, overwrite=mode == "replace"))
     if not is_current(metrics_path, eval_expected).current:
         raise RuntimeError(f"evaluate left no report matching the prediction at {metrics_path}")
 
@@ -253,16 +258,21 @@ SCORE_KEYS = ("isbi_pixel_error", "v_rand", "v_info", "v_rand_threshold", "v_inf
 
 
 def _publish(p: PipelineParams, paths: dict[str, str], steps: list[dict[str, Any]], metrics_path: str,
-             train_result: dict[str, Any] | None) -> dict[str, Any]:
+             train_result: TrainStageResult | None) -> dict[str, Any]:
     from storage.files import read_json
 
     whole = read_json(metrics_path)
     scores = {f"volume_{k}": whole[k] for k in SCORE_KEYS if isinstance(whole.get(k), int | float)}
     train_cfg = read_record(paths["model_dir"]) or {}
-    best_val: dict[str, Any] = dict(train_result.get("best_metrics", {})) if train_result else {}
+    best_val: dict[str, Any] = dict(train_result.best_metrics) if train_result else {}
     if not best_val:  # training was skipped: the scores of the checkpoint the prediction came from
         best_val = _checkpoint_scores(os.path.join(paths["model_dir"], "checkpoint-best.pt"))
-    previews = save_previews_task(paths["volume"], paths["report"], paths["prediction"], paths["labels"])
+    # With a segmentation: its previews beside the membranes' and its cell count among the scores.
+    segmentation = Workspace(p.workspace).segmentation(p.name) if p.segment is not None else None
+    if segmentation is not None:
+        scores["cells"] = int((read_record(segmentation) or {}).get("n_cells", 0))
+    previews = save_previews_task(paths["volume"], paths["report"], paths["prediction"], paths["labels"],
+                                  segmentation_path=segmentation)
     rows = [{"scope": f"whole volume {p.name}", **{k: whole.get(k) for k in SCORE_KEYS}}]
     if best_val:
         rows.insert(0, {"scope": f"validation slices {p.val_slices} (best checkpoint)",

@@ -6,30 +6,12 @@ cluster's workers; the store must then be on a file system (or object store) the
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 from prefect import flow
 from pydantic import Field
 
-from storage.volume import store_exists
-from storage.workspace import Workspace
 from tasks.segment import segment
 from unet.segment_config import SegmentConfig
-
-
-def resolve_probability(workspace: str, probability: str) -> str:
-    """A path (contains '/' or ends in .zarr) as given; else ``predictions/<name>.zarr`` if it
-    exists, else ``volumes/<name>.zarr`` (an ingested probability stack)."""
-    if probability.endswith(".zarr") or "/" in probability or os.sep in probability:
-        return probability
-    ws = Workspace(workspace)
-    prediction = ws.prediction(probability)
-    return prediction if store_exists(prediction) else ws.volume(probability)
-
-
-def default_name(probability: str) -> str:
-    return os.path.basename(probability.rstrip("/")).removesuffix(".zarr")
+from unet.segment_stage import SegmentResult
 
 
 @flow(name="segment", log_prints=True)
@@ -43,9 +25,7 @@ def segment_flow(
     dask_address: str | None = Field(None, description="Dask scheduler address (tcp://host:8786); "
                                      "none = in this process."),
     overwrite: bool = Field(False, description="Replace an existing segmentation."),
-) -> dict[str, Any]:
+) -> SegmentResult:
     """Cell labels (uint32) from a membrane probability map, blockwise with IDs that agree across
     blocks; a re-run resumes an unfinished segmentation made with the same settings."""
-    source = resolve_probability(workspace, probability)
-    out = Workspace(workspace).segmentation(name or default_name(source))
-    return segment(source, out, config, overwrite, dask_address)
+    return segment(workspace, probability, config, name=name, overwrite=overwrite, dask_address=dask_address)

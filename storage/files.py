@@ -107,3 +107,28 @@ def write_png(path: str | os.PathLike[str], image: Any, *, overwrite: bool = Tru
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
+
+
+def check_report_target(path: str | os.PathLike[str], made_from: dict[str, Any], *,
+                        overwrite: bool = False) -> None:
+    """Refuse to replace the JSON report at ``path`` when it was made from other inputs.
+
+    ``made_from`` holds the keys that name the inputs (``{"prediction": ..., "labels": ...}``);
+    a report of the same inputs is simply made again. Call before the (long) scoring.
+    """
+    p = os.fspath(path)
+    if overwrite or not os.path.isfile(p):
+        return
+    try:
+        existing = read_json(p)
+    except ValueError:
+        existing = None
+    if not isinstance(existing, dict):
+        raise StoreExistsError(f"{p} exists and is not an emseg report; pass --overwrite (overwrite=True) "
+                               "to replace it")
+    differ = [k for k, v in made_from.items() if existing.get(k) != json.loads(json.dumps(v))]
+    if differ:
+        k = differ[0]
+        raise StoreExistsError(f"{p} is a report made from other inputs ({k}: {existing.get(k)!r}, now "
+                               f"{made_from[k]!r}); pass --overwrite (overwrite=True) to replace it, or "
+                               "choose another run name")

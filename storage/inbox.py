@@ -12,7 +12,8 @@ A file is taken only once it is *stable*: its size and modification time did not
 over a settle interval, so a stack still being copied in is left for the next scan. A
 stack is keyed by the digest of its bytes, so renaming it or copying it in again does not
 process it twice. The ledger is rewritten atomically (temp file + rename) after each
-stack, so a killed run loses at most the stack in flight.
+stack, under a file lock (concurrent runs merge their entries), so a killed run loses at
+most the stack in flight.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from storage.errors import StoreNotFoundError
 from storage.files import read_json, write_json
+from storage.locks import store_lock
+from storage.runs import newest_finished_checkpoint
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 LABEL_SUFFIX = "_labels"
@@ -104,16 +107,26 @@ class ProcessedLedger:
     Entries: ``{"name", "source", "status": "done" | "failed", "error", "outputs", "at"}``.
     A failed stack stays recorded so it is not retried every night; a corrected file has
     a new digest and is picked up again (or pass ``retry_failed`` to the nightly flow).
+
+    Several nightly runs may share a ledger (two started at once, or on two hosts): each
+    :meth:`record` re-reads the file and rewrites it under the ledger's lock
+    (``processed.json.lock``), so no run's entries are lost. A ``failed`` outcome does not
+    replace a ``done`` that another run recorded after this ledger was loaded: that run
+    made the stack's outputs.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._entries: dict[str, dict[str, Any]] = {}
-        if os.path.exists(self.path):
-            data = read_json(self.path)
-            if not isinstance(data, dict) or not isinstance(data.get("stacks"), dict):
-                raise ValueError(f"{self.path} is not an emseg inbox ledger (no 'stacks' mapping)")
-            self._entries = data["stacks"]
+        self._loaded_at = _now()
+        self._entries: dict[str, dict[str, Any]] = self._read()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if not os.path.exists(self.path):
+            return {}
+        data = read_json(self.path)
+        if not isinstance(data, dict) or not isinstance(data.get("stacks"), dict):
+            raise ValueError(f"{self.path} is not an emseg inbox ledger (no 'stacks' mapping)")
+        return cast(dict[str, dict[str, Any]], data["stacks"])
 
     @classmethod
     def in_workspace(cls, workspace: str | os.PathLike[str]) -> ProcessedLedger:
@@ -126,22 +139,24 @@ class ProcessedLedger:
         return dict(self._entries)
 
     def record(self, digest: str, **entry: Any) -> None:
-        """Record one stack's outcome and rewrite the ledger file atomically."""
-        self._entries[digest] = {**entry, "at": datetime.now(UTC).isoformat(timespec="seconds")}
-        write_json(self.path, {"version": 1, "stacks": self._entries})
+        """Record one stack's outcome: read, update and rewrite the file (atomically) under its lock."""
+        with store_lock(self.path, what="updated"):
+            entries = self._read()
+            current = entries.get(digest)
+            newer_done = (current is not None and current.get("status") == "done"
+                          and str(current.get("at", "")) >= self._loaded_at)
+            if not (entry.get("status") == "failed" and newer_done):
+                entries[digest] = {**entry, "at": _now()}
+                write_json(self.path, {"version": 1, "stacks": entries})
+            self._entries = entries
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def newest_best_checkpoint(models_dir: str | os.PathLike[str],
                            filename: str = "checkpoint-best.pt") -> str:
-    """``<run>/checkpoint-best.pt`` of the most recently written training run in ``models_dir``."""
-    root = os.fspath(models_dir)
-    found = []
-    if os.path.isdir(root):
-        for entry in os.scandir(root):
-            ckpt = os.path.join(entry.path, filename)
-            if entry.is_dir() and os.path.isfile(ckpt):
-                found.append((os.stat(ckpt).st_mtime_ns, ckpt))
-    if not found:
-        raise StoreNotFoundError(f"no training run with a {filename} under {root}; train a model first "
-                                 "or name a checkpoint")
-    return max(found)[1]
+    """``<run>/checkpoint-best.pt`` of the most recently written *finished* training run in
+    ``models_dir`` (one whose training wrote ``complete.json``; see :mod:`storage.runs`)."""
+    return newest_finished_checkpoint(models_dir, filename)

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import zarr
 
-from storage.errors import InputError, ShapeMismatchError, StoreExistsError
+from storage.errors import InputError, OutputWriteError, ShapeMismatchError, StoreExistsError, writing
+from storage.freshness import decide
 from storage.ingest_config import IngestConfig
+from storage.intensity import range_for
+from storage.locks import store_lock
 from storage.tiff import PathLike, SlabReader, TiffSource, open_source
 from storage.volume import (
     Kind,
@@ -40,6 +43,7 @@ from storage.volume import (
     build_pyramid,
     create_volume,
     open_volume,
+    remove_store,
     store_exists,
 )
 
@@ -108,25 +112,23 @@ class IngestPlan:
         self.action = self._decide_action()
 
     def _decide_action(self) -> Literal["create", "reuse", "replace"]:
-        if not store_exists(self.path):
-            return "create"
-        if self.config.overwrite:
-            return "replace"
-        try:
-            existing = open_volume(self.path, require_complete=False)
-            same = all(existing.attrs.get(k) == v for k, v in self.attrs.items()) and \
-                existing.voxel_size == self.voxel_size and existing.attrs.get("kind") == self.kind
-        except Exception:  # anything unreadable there is not ours to replace silently
-            same = False
-        if same and existing.is_complete:
-            return "reuse"
-        if same:
-            # Our own earlier attempt with the same inputs died midway: nothing of value is lost.
-            return "replace"
-        raise StoreExistsError(
-            f"{self.path} already exists and was made from other inputs or settings; "
-            "pass overwrite=True (--overwrite) to replace it"
-        )
+        # The one rule of storage.freshness; an ingest is not resumable, so our own earlier
+        # attempt with the same inputs that died midway is redone (nothing of value is lost).
+        expected = {**self.attrs, "kind": self.kind, "voxel_size_nm": list(self.voxel_size.as_tuple())}
+        record: dict[str, Any] | None = None
+        if store_exists(self.path):
+            record = {"complete": False}  # unreadable: records nothing, so it is refused, not replaced
+            try:
+                existing = open_volume(self.path, require_complete=False)
+                record = {**existing.attrs, "complete": existing.is_complete,
+                          "voxel_size_nm": list(existing.voxel_size.as_tuple())}
+            except Exception:
+                pass
+        d = decide(record, expected, overwrite=self.config.overwrite, resumable=False)
+        if d.action == "refuse":
+            raise StoreExistsError(f"{self.path} already exists and was made from other inputs or settings "
+                                   f"({d.reason}); pass overwrite=True (--overwrite) to replace it")
+        return cast(Literal["create", "reuse", "replace"], d.action)
 
 
 def plan_ingest(sources: Sources, path: str | os.PathLike[str], config: IngestConfig | None = None, *,
@@ -163,44 +165,128 @@ class _SlabProgress:
         self.callback = Callback(posttask=posttask)
 
 
-def _copy_slab(reader: SlabReader, array: zarr.Array, z0: int, z1: int) -> int:
+def _copy_slab(reader: SlabReader, array: zarr.Array, z0: int, z1: int,
+               labels: LabelCheck | None = None) -> tuple[tuple[float, float], dict[int, int]]:
+    """Copy slices [z0, z1); returns the slab's (min, max) value and, for labels, their value counts."""
     data = reader.read(z0, z1)
     expected = (z1 - z0, *array.shape[1:])
     # zarr silently crops an oversized value; a wrong shape here would be a reader bug.
     assert data.shape == expected, f"slab {z0}..{z1} read as {data.shape}, expected {expected}"
+    counts = labels.slab(data, z0, z1) if labels is not None else {}
     array[z0:z1] = data
-    return int(data.nbytes)
+    return (float(data.min()), float(data.max())), counts
 
 
-def _write_slabs(plan: IngestPlan, writer: VolumeWriter, progress: Progress | None) -> None:
+class LabelsRefusedError(InputError):
+    """Label values that are not binary membrane labels, or that look inverted."""
+
+
+class LabelCheck:
+    """Membrane labels are validated where they enter: binary (0 and one other value), and
+    membrane a minority under the declared polarity. Instance (cell ID) labels and inverted
+    labels are refused before they reach augment, training or evaluation.
+
+    (The same rules as :func:`unet.labels.check_labels`; storage may not import unet.)
+    """
+
+    MAX_MEMBRANE_FRACTION = 0.5
+
+    def __init__(self, path: str, source: str, polarity: str) -> None:
+        self.path, self.source, self.polarity = path, source, polarity
+
+    def _refuse_values(self, values: list[int], where: str) -> None:
+        shown = ", ".join(map(str, values[:8])) + (" ..." if len(values) > 8 else "")
+        if len(values) > 2:
+            raise LabelsRefusedError(
+                f"{self.source}: labels{where} hold {len(values)} distinct values ({shown}): instance "
+                "(cell ID) labels are not membrane labels; give binary labels (0 = membrane, 255 = "
+                "cell interior, as ISBI 2012)")
+        raise LabelsRefusedError(f"{self.source}: labels{where} hold values {shown}: binary membrane "
+                                 "labels need 0 and one other value")
+
+    def slab(self, data: Any, z0: int, z1: int) -> dict[int, int]:
+        import numpy as np
+
+        values, n = np.unique(data, return_counts=True)
+        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+            self._refuse_values([int(v) for v in values], f" (slices {z0}..{z1})")
+        return {int(v): int(c) for v, c in zip(values, n, strict=True)}
+
+    def finish(self, counts: dict[int, int]) -> list[int]:
+        """Check the whole stack's value counts; returns its values (sorted)."""
+        values = sorted(counts)
+        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+            self._refuse_values(values, "")
+        total = sum(counts.values())
+        membrane = counts.get(0, 0) if self.polarity == "zero_is_membrane" else total - counts.get(0, 0)
+        if total and membrane / total > self.MAX_MEMBRANE_FRACTION:
+            raise LabelsRefusedError(
+                f"{self.source}: labels do not match label_polarity {self.polarity!r}: "
+                f"{membrane / total:.0%} of voxels would be membrane (membranes are a minority); are they "
+                "inverted? Set label_polarity (--label-polarity) to the other value")
+        return values
+
+
+def _write_slabs(plan: IngestPlan, writer: VolumeWriter,
+                 progress: Progress | None) -> tuple[dict[int, int], tuple[float, float]]:
+    """Stream every slab into ``writer``; returns the label value counts and the (min, max) value."""
     import dask
 
     n_z = plan.source.shape[0]
     bounds = [(z0, min(z0 + plan.slab_z, n_z)) for z0 in range(0, n_z, plan.slab_z)]
     array = writer.array  # written densely (see storage.volume._dense_writes)
     workers = plan.config.workers or os.cpu_count() or 1
+    labels = LabelCheck(plan.path, str(plan.source.files[0]), plan.config.label_polarity) \
+        if plan.kind == "label" else None
     with SlabReader(plan.source) as reader:
-        tasks = [dask.delayed(_copy_slab, pure=False)(reader, array, z0, z1) for z0, z1 in bounds]
+        tasks = [dask.delayed(_copy_slab, pure=False)(reader, array, z0, z1, labels) for z0, z1 in bounds]
         keys = {t.key for t in tasks}
         tracker = _SlabProgress(keys, len(tasks), progress)
         with tracker.callback:
-            dask.compute(*tasks, scheduler=plan.config.scheduler, num_workers=workers)
+            results = dask.compute(*tasks, scheduler=plan.config.scheduler, num_workers=workers)
+    counts: dict[int, int] = {}
+    for _, slab_counts in results:
+        for value, n in slab_counts.items():
+            counts[value] = counts.get(value, 0) + n
+    return counts, (min(r[0][0] for r in results), max(r[0][1] for r in results))
 
 
 def run_plan(plan: IngestPlan, progress: Progress | None = None) -> Volume:
-    """Carry out a plan: create (or reuse) the volume, stream the slabs, pyramid, mark complete."""
-    if plan.action == "reuse":
-        return open_volume(plan.path)
-    writer = create_volume(
-        plan.path, plan.source.shape, plan.source.dtype, plan.voxel_size, kind=plan.kind,
-        chunks=plan.chunks, shards=plan.shards, compression=plan.config.compression,
-        pyramid_levels=plan.config.pyramid_levels, attrs=plan.attrs, overwrite=True,
-    )
-    _write_slabs(plan, writer, progress)
-    if plan.config.pyramid_levels:
-        # Labels must not be averaged: nearest keeps their values.
-        build_pyramid(writer, method="nearest" if plan.kind == "label" else "mean")
-    return writer.mark_complete()
+    """Carry out a plan: create (or reuse) the volume, stream the slabs, pyramid, mark complete.
+
+    The output's lock (:mod:`storage.locks`) is held throughout, and the plan's decision is
+    taken again under it: a run that waited for another one writing the same volume from the
+    same inputs finds it complete and reuses it instead of replacing it. A failure removes
+    what was written when the disk is full or read-only (one OutputWriteError naming the
+    path) or the labels are refused; an ingest starts again from the first slab anyway.
+    """
+    with store_lock(plan.path):
+        plan.action = plan._decide_action()
+        if plan.action == "reuse":
+            return open_volume(plan.path)
+        try:
+            with writing(plan.path):
+                writer = create_volume(
+                    plan.path, plan.source.shape, plan.source.dtype, plan.voxel_size, kind=plan.kind,
+                    chunks=plan.chunks, shards=plan.shards, compression=plan.config.compression,
+                    pyramid_levels=plan.config.pyramid_levels, attrs=plan.attrs, overwrite=True,
+                )
+                counts, (lo, hi) = _write_slabs(plan, writer, progress)
+                if plan.kind == "image":  # how every stage maps these values to 0..255
+                    writer.update_attrs(intensity_range=list(range_for(plan.source.dtype, lo, hi)))
+                if plan.kind == "label":
+                    values = LabelCheck(plan.path, str(plan.source.files[0]),
+                                        plan.config.label_polarity).finish(counts)
+                    writer.update_attrs(label_values=values)
+                if plan.config.pyramid_levels:
+                    # Labels must not be averaged: nearest keeps their values.
+                    build_pyramid(writer, method="nearest" if plan.kind == "label" else "mean")
+                return writer.mark_complete()
+        except (OutputWriteError, LabelsRefusedError):
+            # Nothing half-written stays on a full disk, nor a copy of labels no stage may use.
+            # (Other failures keep the incomplete store, refused by readers, for inspection.)
+            remove_store(plan.path)
+            raise
 
 
 def ingest(sources: Sources, path: str | os.PathLike[str], config: IngestConfig | None = None, *,

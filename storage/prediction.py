@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from storage import locks
 from storage.blockio import BlockArray
-from storage.errors import StorageError, StoreExistsError, StoreNotFoundError
+from storage.errors import StorageError, StoreExistsError, StoreNotFoundError, writing
 from storage.ledger import Ledger
 from storage.volume import (
     LEVEL0,
@@ -105,7 +106,36 @@ class PredictionStore:
                                "refusing to mark the prediction complete")
         if len(self.writer.levels) > 1:
             build_pyramid(self.writer, method="mean")
-        return self.writer.mark_complete()
+        volume = self.writer.mark_complete()
+        release_prediction_lock(self.path)
+        return volume
+
+
+# Paths whose lock this process took in create_or_resume_prediction and still holds.
+_HOLDS: set[str] = set()
+_HOLDS_GUARD = threading.Lock()
+
+
+def hold_prediction_lock(path: str | os.PathLike[str]) -> None:
+    """Take ``path``'s write lock for this process's run on it, failing at once if another
+    process holds it (a no-op when this process holds it already for a run)."""
+    key = os.path.abspath(os.fspath(path))
+    with _HOLDS_GUARD:
+        if key in _HOLDS:
+            return
+    locks.acquire(path, timeout_s=0, what="predicted")
+    with _HOLDS_GUARD:
+        _HOLDS.add(key)
+
+
+def release_prediction_lock(path: str | os.PathLike[str]) -> None:
+    """Give back the hold :func:`hold_prediction_lock` took (no-op if none)."""
+    key = os.path.abspath(os.fspath(path))
+    with _HOLDS_GUARD:
+        if key not in _HOLDS:
+            return
+        _HOLDS.discard(key)
+    locks.release(path)
 
 
 def create_or_resume_prediction(
@@ -125,9 +155,29 @@ def create_or_resume_prediction(
     shape, chunks and shards are (z, y, x) voxels; shards should equal the write block.
     Raises StoreExistsError for a complete store (unless ``overwrite``),
     PredictionMismatchError for an unfinished one of another identity (unless ``overwrite``).
+
+    The output's lock (``<path>.lock``, :mod:`storage.locks`) is taken first and held by this
+    process until :meth:`PredictionStore.finish` (or :func:`release_prediction_lock`, or the
+    process's exit): a second run on the same output fails at once with
+    :class:`~storage.locks.StoreLockedError` naming the lock and its holder, instead of
+    writing the same blocks again. A caller that must wait (the nightly flow) takes the lock
+    itself first with :func:`storage.locks.store_lock`; holds are re-entrant per process.
     """
     p = os.fspath(path)
     ident = _normalised(identity)
+    hold_prediction_lock(p)
+    try:
+        with writing(p):
+            return _create_or_resume(p, shape, voxel_size, chunks, shards, n_blocks, ident, pyramid_levels,
+                                     overwrite)
+    except BaseException:
+        release_prediction_lock(p)
+        raise
+
+
+def _create_or_resume(p: str, shape: Sequence[int], voxel_size: VoxelSize | Sequence[float],
+                      chunks: Sequence[int], shards: Sequence[int], n_blocks: int, ident: dict[str, Any],
+                      pyramid_levels: int, overwrite: bool) -> PredictionStore:
     if store_exists(p) and not overwrite:
         try:
             existing = open_volume(p, require_complete=False)

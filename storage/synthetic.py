@@ -4,7 +4,10 @@ Cells are the 3-D Voronoi cells of seeds on a jittered grid (spacing ``cell_yx``
 y, x and ``cell_z`` slices in z), so a cell's cross-section changes smoothly from slice to
 slice. Voxels whose distances to the nearest and second-nearest seed differ by less than
 ``membrane_px`` are membrane. The image is a per-cell grey level with dark membranes,
-blurred and with noise.
+blurred and with noise. Harder volumes (:meth:`SyntheticSpec.hard`, the demo's) add what makes
+real EM hard: membranes whose darkness varies from one pair of cells to the next (some barely
+darker than cytoplasm), organelles inside cells with dark rims that look like membranes but are
+not, thin membranes between touching cells, more blur and noise.
 
 Every voxel's value is a function of (seed, z, y, x) only: seed jitter and noise come
 from a counter-based hash of integer coordinates instead of a sequential random stream,
@@ -60,6 +63,17 @@ class SyntheticSpec:
     membrane_px: float = 2.0
     blur_sigma: float = 1.0
     noise_std: float = 12.0
+    # Share of cells holding an organelle: a sphere of radius ~ 0.2 * cell_yx with a dark rim of
+    # membrane-like darkness, labelled interior (the model must learn it is not a boundary).
+    organelles: float = 0.0
+    # 0: every membrane equally dark; 1: a pair of cells' membrane may be as faint as cytoplasm.
+    membrane_contrast_spread: float = 0.0
+
+    @classmethod
+    def hard(cls, shape: tuple[int, int, int], seed: int = 0) -> SyntheticSpec:
+        """A volume on which a small model scores clearly below perfect and improves with training."""
+        return cls(shape=shape, seed=seed, cell_yx=40.0, cell_z=5.0, membrane_px=1.2, blur_sigma=1.4,
+                   noise_std=22.0, organelles=0.7, membrane_contrast_spread=0.5)
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or min(self.shape) < 1:
@@ -69,6 +83,9 @@ class SyntheticSpec:
                 "cell_yx must be >= 4 and cell_z, membrane_px > 0, got "
                 f"{self.cell_yx}, {self.cell_z}, {self.membrane_px}"
             )
+        if not (0 <= self.organelles <= 1 and 0 <= self.membrane_contrast_spread <= 1):
+            raise ValueError("organelles and membrane_contrast_spread must be in [0, 1], got "
+                             f"{self.organelles}, {self.membrane_contrast_spread}")
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,15 @@ def generate_block(spec: SyntheticSpec, z: slice, y: slice, x: slice) -> Synthet
 
     grey = 140.0 + 70.0 * _hash_uniform(spec.seed, 7, cells)
     texture = 10.0 * (_hash_uniform(spec.seed, 8, zz, yy // 3, xx // 3) - 0.5)
-    image = np.where(membrane, 45.0, grey + texture)
+    dark = np.full(zz.shape, 45.0)
+    if spec.membrane_contrast_spread > 0:  # per pair of cells, whichever side the voxel is on
+        a, b = ids[idx[:, 0]], ids[idx[:, 1]]
+        pair = _hash_uniform(spec.seed, 11, np.minimum(a, b), np.maximum(a, b)).reshape(zz.shape)
+        dark = dark + spec.membrane_contrast_spread * pair * (grey - 15.0 - dark)
+    image = np.where(membrane, dark, grey + texture)
+    if spec.organelles > 0:
+        image = np.where(_organelle_rims(spec, pos, ids, idx[:, 0], pts).reshape(zz.shape) & ~membrane,
+                         55.0, image)
     if spec.blur_sigma > 0:
         image = ndimage.gaussian_filter(image, sigma=(0, spec.blur_sigma, spec.blur_sigma),
                                         mode="nearest")
@@ -133,6 +158,18 @@ def generate_block(spec: SyntheticSpec, z: slice, y: slice, x: slice) -> Synthet
     image = np.clip(np.rint(image + spec.noise_std * noise), 0, 255).astype(np.uint8)
     labels = np.where(membrane, MEMBRANE, INTERIOR).astype(np.uint8)
     return SyntheticBlock(image=image, labels=labels, cells=cells)
+
+
+def _organelle_rims(spec: SyntheticSpec, pos: np.ndarray, ids: np.ndarray, nearest: np.ndarray,
+                    pts: np.ndarray) -> np.ndarray:
+    """Boolean per point: on the dark rim of its cell's organelle (a sphere inside the cell, in the
+    scaled coordinates where cells are round), for the cells that hold one."""
+    has = _hash_uniform(spec.seed, 12, ids) < spec.organelles
+    offset = (np.stack([_hash_uniform(spec.seed, 13 + s, ids) for s in range(3)], axis=1) - 0.5)
+    centre = pos + 0.25 * spec.cell_yx * offset
+    radius = spec.cell_yx * (0.12 + 0.1 * _hash_uniform(spec.seed, 16, ids))
+    d = np.linalg.norm(pts.reshape(-1, 3) - centre[nearest], axis=1)
+    return has[nearest] & (np.abs(d - radius[nearest]) < 1.0)
 
 
 def generate_volume(spec: SyntheticSpec) -> SyntheticBlock:

@@ -15,6 +15,13 @@ writes the data, then calls :meth:`VolumeWriter.mark_complete`. :func:`open_volu
 refuses a store that was never marked complete, so a killed writer never leaves a
 store that looks finished. Existing stores are never replaced unless
 ``overwrite=True``.
+
+Creation is atomic on local disks: the group, its arrays, the OME metadata and the
+writer's identity attributes are built under ``.<name>.creating-<host>-<pid>-<rand>`` and
+renamed into place, so a kill at any moment leaves either nothing (a hidden leftover,
+removed by the next creation) or a store that says what it is and who made it. A
+complete store records how many level-0 chunk (or shard) files it has; :func:`open_volume`
+refuses one that lost any (zarr would read the gap as zeros).
 """
 
 from __future__ import annotations
@@ -28,7 +35,13 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from storage.errors import IncompleteStoreError, StoreExistsError, StoreNotFoundError
+from storage.errors import (
+    DamagedStoreError,
+    IncompleteStoreError,
+    StoreExistsError,
+    StoreNotFoundError,
+    writing,
+)
 
 Kind = Literal["image", "label", "prediction"]
 Compression = Literal["zstd", "blosc", "none"]
@@ -38,6 +51,8 @@ LEVEL0 = "s0"
 # slices, and reading one slice touches only its own chunks.
 DEFAULT_CHUNK_YX = 1024
 _ZARR_LOCAL_PREFIXES = ("file://",)
+# attrs["emseg"] key: how many level-0 chunk (or shard) files the writer left, when it wrote all.
+STORED_OBJECTS_KEY = "stored_objects"
 
 
 @dataclass(frozen=True)
@@ -248,8 +263,16 @@ class VolumeWriter(Volume):
         self.group.attrs["emseg"] = attrs
 
     def mark_complete(self) -> Volume:
-        """Mark the store finished. Call last, after every write (and the pyramid)."""
-        self.update_attrs(complete=True)
+        """Mark the store finished. Call last, after every write (and the pyramid).
+
+        When every level-0 chunk (or shard) file was written, their number is recorded, so
+        a reader can tell a file lost later from a region that was never written.
+        """
+        stored = _stored_objects(self.path)
+        values: dict[str, Any] = {"complete": True}
+        if stored is not None and len(stored) == _expected_objects(self.array):
+            values[STORED_OBJECTS_KEY] = len(stored)
+        self.update_attrs(**values)
         return Volume(self.path, self.group, self.array)
 
 
@@ -291,30 +314,45 @@ def create_volume(
     if store_exists(p) and not overwrite:
         raise StoreExistsError(f"{p} already exists; pass overwrite=True to replace it")
 
-    group = zarr.create_group(p, overwrite=True, zarr_format=3)
-    # Mark incomplete before any array exists, so a crash at any later point is detectable.
-    group.attrs["emseg"] = {"complete": False, "kind": kind, "dtype": str(np.dtype(dtype))}
-    n_levels = 1 + pyramid_levels
-    for level in range(n_levels):
-        lshape = (shape[0], max(1, shape[1] >> level), max(1, shape[2] >> level))
-        lchunks = tuple(min(c, s) for c, s in zip(chunks, lshape, strict=True))
-        lshards = None
-        if shards is not None and level == 0:
-            lshards = shards
-        group.create_array(
-            f"s{level}",
-            shape=lshape,
-            dtype=dtype,
-            chunks=lchunks,
-            shards=lshards,
-            compressors=_codecs(compression),
-            fill_value=0,
-            dimension_names=("z", "y", "x"),
-        )
-    _write_ome_metadata(group, vs, n_levels, name or os.path.basename(p.rstrip("/")))
     meta = {"complete": False, "kind": kind, "dtype": str(np.dtype(dtype))}
     meta.update(attrs or {})
-    group.attrs["emseg"] = meta
+    n_levels = 1 + pyramid_levels
+    label = name or os.path.basename(p.rstrip("/"))
+
+    def build(at: str) -> zarr.Group:
+        # Identity and "incomplete" go into the group's first zarr.json: a store never exists
+        # without them, whatever moment a kill comes at.
+        group = zarr.create_group(at, overwrite=True, zarr_format=3, attributes={"emseg": meta})
+        for level in range(n_levels):
+            lshape = (shape[0], max(1, shape[1] >> level), max(1, shape[2] >> level))
+            lchunks = tuple(min(c, s) for c, s in zip(chunks, lshape, strict=True))
+            group.create_array(
+                f"s{level}",
+                shape=lshape,
+                dtype=dtype,
+                chunks=lchunks,
+                shards=shards if level == 0 else None,
+                compressors=_codecs(compression),
+                fill_value=0,
+                dimension_names=("z", "y", "x"),
+            )
+        _write_ome_metadata(group, vs, n_levels, label)
+        return group
+
+    with writing(p):
+        if _is_local(p):
+            # Built complete with metadata under a temporary name, then renamed into place: the
+            # store appears at once, identified, or not at all.
+            tmp = _temporary_name(p)
+            try:
+                build(tmp)
+            except BaseException:
+                remove_store(tmp)
+                raise
+            _publish(tmp, p)
+            group = zarr.open_group(p, mode="r+", zarr_format=3)
+        else:  # object stores cannot rename; identity is written first (above)
+            group = build(p)
     return VolumeWriter(p, group, _dense_writes(group[LEVEL0]))  # type: ignore[arg-type]
 
 
@@ -327,6 +365,80 @@ def _dense_writes(array: zarr.Array) -> zarr.Array:
     3.1.6); ``Array.with_config`` applies it.
     """
     return array.with_config({"write_empty_chunks": True})
+
+
+_TMP_MARK = ".creating-"
+_OLD_MARK = ".replaced-"
+
+
+def _temporary_name(final: str) -> str:
+    """``<dir>/.<name>.creating-<host>-<pid>-<random>`` beside ``final``; an earlier killed
+    creation's leftovers there (its process is gone) are removed first."""
+    import socket
+    import uuid
+
+    local = final.removeprefix("file://").rstrip("/")
+    directory, base = os.path.split(os.path.abspath(local))
+    os.makedirs(directory, exist_ok=True)
+    _remove_leftovers(directory, base)
+    return os.path.join(directory, f".{base}{_TMP_MARK}{socket.gethostname()}-{os.getpid()}-"
+                                   f"{uuid.uuid4().hex[:8]}")
+
+
+def _remove_leftovers(directory: str, base: str) -> None:
+    import shutil
+    import socket
+
+    host = socket.gethostname()
+    for entry in os.listdir(directory):
+        for mark in (_TMP_MARK, _OLD_MARK):
+            prefix = f".{base}{mark}{host}-"
+            if not entry.startswith(prefix):
+                continue
+            pid = entry[len(prefix):].split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Rename the store built at ``built`` to ``final``, moving an existing one aside first
+    (rename, not delete, so ``final`` never holds a half-deleted store) and deleting it after."""
+    import shutil
+
+    local = os.path.abspath(final.removeprefix("file://").rstrip("/"))
+    old = None
+    try:
+        if os.path.lexists(local):
+            old = tmp.replace(_TMP_MARK, _OLD_MARK)
+            os.rename(local, old)
+        os.rename(tmp, local)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        if os.path.isdir(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.unlink(old)
+
+
+def remove_store(path: str | os.PathLike[str]) -> None:
+    """Delete a (local) store, e.g. one a failed writer left half-written; no-op if absent."""
+    import shutil
+
+    local = _path_str(path).removeprefix("file://")
+    if _is_local(local) and os.path.isdir(local):
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def open_volume(path: str | os.PathLike[str], *, require_complete: bool = True) -> Volume:
@@ -344,7 +456,53 @@ def open_volume(path: str | os.PathLike[str], *, require_complete: bool = True) 
             f"{p} is incomplete: its writer did not finish (killed, failed or still running); "
             "re-run the step that writes it"
         )
+    if require_complete:
+        verify_stored(vol)
     return vol
+
+
+def _level0_dir(path: str) -> str:
+    return os.path.join(path.removeprefix("file://"), LEVEL0, "c")
+
+
+def _stored_objects(path: str) -> set[str] | None:
+    """Keys (``z/y/x``) of the level-0 chunk or shard files of a local store; None if remote."""
+    if not _is_local(path):
+        return None
+    root = _level0_dir(path)
+    found = set()
+    for directory, _dirs, files in os.walk(root):
+        rel = os.path.relpath(directory, root)
+        for f in files:
+            found.add(f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}")
+    return found
+
+
+def _grid(array: zarr.Array) -> tuple[int, ...]:
+    unit = array.shards if array.shards is not None else array.chunks
+    return tuple(-(-s // u) for s, u in zip(array.shape, unit, strict=True))
+
+
+def _expected_objects(array: zarr.Array) -> int:
+    return int(np.prod(_grid(array)))
+
+
+def verify_stored(volume: Volume) -> None:
+    """Raise :class:`DamagedStoreError` when a complete volume lacks level-0 chunk files it was
+    written with (zarr would read the gap as zeros, silently). Volumes whose writer did not
+    record the count (remote stores, sparse writers) are not checked."""
+    recorded = volume.attrs.get(STORED_OBJECTS_KEY)
+    if not isinstance(recorded, int):
+        return
+    stored = _stored_objects(volume.path)
+    if stored is None or len(stored) >= recorded:
+        return
+    missing = sorted({"/".join(map(str, i)) for i in np.ndindex(*_grid(volume.array))} - stored)
+    unit = "shard" if volume.array.shards is not None else "chunk"
+    raise DamagedStoreError(
+        f"{volume.path} is damaged: {recorded - len(stored)} of its {recorded} level-0 {unit} files are "
+        f"missing (first: {LEVEL0}/c/{missing[0] if missing else '?'}); that data would read as zeros. "
+        "Restore the store or re-run the step that wrote it with --overwrite")
 
 
 def open_volume_for_update(path: str | os.PathLike[str]) -> VolumeWriter:

@@ -32,6 +32,12 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def is_path(value: str) -> bool:
+    """Whether a stage argument is a path or URL (contains a separator or ends in .zarr) rather
+    than a name in the workspace."""
+    return value.rstrip("/").endswith(".zarr") or "/" in value or os.sep in value
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A workspace root (local path or fsspec URL) and the paths of its artefacts."""
@@ -62,3 +68,7 @@ class Workspace:
 
     def report_dir(self, run: str) -> str:
         return self._join("reports", check_name(run, "run"))
+
+    def report_file(self, run: str, filename: str) -> str:
+        """A file in ``reports/<run>/`` (metrics.json, preview PNGs)."""
+        return self._join("reports", check_name(run, "run"), check_name(filename, "file name"))

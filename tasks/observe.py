@@ -21,36 +21,10 @@ from prefect.exceptions import MissingContextError
 
 from storage.files import remove_stale, write_png
 from storage.volume import open_volume
+from unet.cell_preview import segmentation_preview
+from unet.preview import evenly_spaced, preview_strip, to_u8
 
 THUMB_WIDTH = 384
-
-
-def _to_u8(slice2d: np.ndarray) -> np.ndarray:
-    if slice2d.dtype == np.uint8:
-        return slice2d
-    a = slice2d.astype(np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    return np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-def evenly_spaced(z0: int, z1: int, n: int) -> list[int]:
-    """At most ``n`` distinct slice indices spread evenly over [z0, z1), both ends included."""
-    return sorted({int(round(z)) for z in np.linspace(z0, z1 - 1, num=min(n, z1 - z0))})
-
-
-def preview_strip(raw: np.ndarray, prediction: np.ndarray | None, label: np.ndarray | None,
-                  gap: int = 4) -> np.ndarray:
-    """Side-by-side uint8 image (H, W') of the given (H, W) slices with white gaps between."""
-    panels = [_to_u8(p) for p in (raw, prediction, label) if p is not None]
-    h = panels[0].shape[0]
-    for p in panels:
-        if p.shape[0] != h:
-            raise ValueError(f"preview panels must share their height, got {[q.shape for q in panels]}")
-    sep = np.full((h, gap), 255, np.uint8)
-    parts: list[np.ndarray] = []
-    for p in panels:
-        parts.extend([p, sep])
-    return np.concatenate(parts[:-1], axis=1)
 
 
 def thumbnail_data_uri(image: np.ndarray) -> str:
@@ -66,17 +40,21 @@ def thumbnail_data_uri(image: np.ndarray) -> str:
 
 
 def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = None,
-                  label_path: str | None = None, n_slices: int = 3) -> list[dict[str, Any]]:
+                  label_path: str | None = None, n_slices: int = 3,
+                  segmentation_path: str | None = None) -> list[dict[str, Any]]:
     """Write preview strips of ``n_slices`` evenly spaced z slices; return [{z, path, thumb}].
 
     Paths are OME-Zarr volumes of the same shape (z, y, x); missing ones are left out of
-    the strip. Reads only the chosen slices, so it is cheap on any volume size. Other
-    ``preview-z*.png`` files in ``out_dir`` (an earlier run's) are removed.
+    the strip. With a segmentation, each slice also gets ``segmentation-z<z>.png`` (raw with
+    cell outlines | cells in random colours; keys ``segmentation_path``, ``segmentation_thumb``).
+    Reads only the chosen slices, so it is cheap on any volume size. Other ``preview-z*.png``
+    and ``segmentation-z*.png`` files in ``out_dir`` (an earlier run's) are removed.
     """
     raw = open_volume(raw_path)
     pred = open_volume(prediction_path) if prediction_path else None
     lab = open_volume(label_path) if label_path else None
-    for other in (pred, lab):
+    seg = open_volume(segmentation_path) if segmentation_path else None
+    for other in (pred, lab, seg):
         if other is not None and other.shape != raw.shape:
             raise ValueError(f"{other.path} has shape {other.shape}, {raw.path} has {raw.shape}")
     nz = raw.shape[0]
@@ -89,8 +67,15 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
         path = os.path.join(out_dir, f"preview-z{z:04d}.png")
         write_png(path, strip)
         out.append({"z": z, "path": path, "thumb": thumbnail_data_uri(strip)})
+        if seg is not None:
+            cells = segmentation_preview(to_u8(one(raw)), one(seg))  # type: ignore[arg-type]
+            seg_png = os.path.join(out_dir, f"segmentation-z{z:04d}.png")
+            write_png(seg_png, cells)
+            out[-1].update(segmentation_path=seg_png, segmentation_thumb=thumbnail_data_uri(cells))
     # Previews of an earlier volume (other depth, other slices) must not sit beside these.
     remove_stale(out_dir, "preview-z*.png", {os.path.basename(o["path"]) for o in out})
+    remove_stale(out_dir, "segmentation-z*.png",
+                 {os.path.basename(o["segmentation_path"]) for o in out if "segmentation_path" in o})
     return out
 
 
@@ -106,10 +91,18 @@ def summary_markdown(title: str, outputs: Mapping[str, str], metrics: Mapping[st
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     if previews:
-        lines += ["", "## Previews (raw | prediction | label)", ""]
+        cells = any("segmentation_thumb" in p for p in previews)
+        lines += ["", "## Previews (raw | prediction | label" + (
+            "; beside it raw with cell outlines | cells)" if cells else ")"), ""]
         for p in previews:
-            lines += [f"z = {p['z']}: [{p['path']}](file://{os.path.abspath(p['path'])})", "",
-                      f"![z={p['z']}]({p['thumb']})", ""]
+            lines += [f"z = {p['z']}: [{p['path']}](file://{os.path.abspath(p['path'])})"]
+            if "segmentation_thumb" in p:
+                lines[-1] += (f", [{p['segmentation_path']}]"
+                              f"(file://{os.path.abspath(p['segmentation_path'])})")
+                lines += ["", f"![z={p['z']}]({p['thumb']}) ![cells z={p['z']}]({p['segmentation_thumb']})",
+                          ""]
+            else:
+                lines += ["", f"![z={p['z']}]({p['thumb']})", ""]
     return "\n".join(lines)
 
 
@@ -140,6 +133,25 @@ def publish_metrics_table(key: str, rows: list[dict[str, Any]], description: str
 
 @task(name="save-previews", retries=2, retry_delay_seconds=[2, 10])
 def save_previews_task(raw_path: str, out_dir: str, prediction_path: str | None = None,
-                       label_path: str | None = None, n_slices: int = 3) -> list[dict[str, Any]]:
+                       label_path: str | None = None, n_slices: int = 3,
+                       segmentation_path: str | None = None) -> list[dict[str, Any]]:
     """:func:`save_previews` as a task (retried on transient I/O errors)."""
-    return save_previews(raw_path, out_dir, prediction_path, label_path, n_slices)
+    return save_previews(raw_path, out_dir, prediction_path, label_path, n_slices, segmentation_path)
+
+
+def thumbnail_of(path: str) -> str:
+    """:func:`thumbnail_data_uri` of the PNG file at ``path``."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return thumbnail_data_uri(np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im))
+
+
+def publish_png(key: str, title: str, path: str, caption: str = "") -> None:
+    """Markdown artifact showing the PNG at ``path`` (a small inline thumbnail) and where it is."""
+    uri = thumbnail_of(path)
+    try:
+        create_markdown_artifact(f"### {title}\n\n{caption} Full size: `{path}`\n\n![preview]({uri})\n",
+                                 key=artifact_key(key), description=title)
+    except MissingContextError:
+        pass

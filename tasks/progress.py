@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -66,3 +68,31 @@ class RunProgress:
             self.unit, pct, rate, self.unit,
             "?" if eta != eta else time.strftime("%H:%M:%S", time.gmtime(eta)), details,
         )
+
+
+class _ToRunLogger(logging.Handler):
+    def __init__(self, target: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.log(record.levelno, record.getMessage())
+
+
+@contextmanager
+def stage_logs() -> Iterator[None]:
+    """Send the ``emseg.*`` log records of a stage function (which knows nothing of Prefect) to
+    the run's logs while it runs, so they show on the run's page."""
+    target = run_logger()
+    if isinstance(target, logging.Logger):  # outside a run: leave logging as it is
+        yield
+        return
+    handler, logger = _ToRunLogger(target), logging.getLogger("emseg")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -2,7 +2,8 @@
 
 One sample is drawn from a ``numpy.random.Generator``; the draws happen in a fixed order
 (handle displacements, rotation, flip, gamma, contrast, noise level, noise field), so a
-sample depends only on the generator's seed and the config.
+sample depends only on the generator's seed and the config: not on the machine or the
+thread counts (no BLAS, no CPU-dependent ``np.exp``; see :mod:`unet.mls`, :mod:`unet.exactmath`).
 
 Arrays are (H, W): image uint8, label uint8 (values kept exactly), weight float32.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from unet import exactmath
 from unet.mls import Mode, handle_grid, warp
 
 # Handles moving by at most a quarter of their spacing never folded the map: over 40 random
@@ -76,9 +78,11 @@ def random_handles(shape: tuple[int, int], rng: np.random.Generator,
 
 
 def _intensity_lut(gamma: float, contrast: float) -> np.ndarray:
-    """256-entry float32 table: gamma, then contrast about mid-grey, in grey levels."""
+    """256-entry float32 table: gamma, then contrast about mid-grey, in grey levels.
+
+    Powers through :mod:`unet.exactmath` (numpy's ``power`` differs between CPUs in the last bits)."""
     x = np.arange(256, dtype=np.float64) / 255.0
-    y = (x**gamma - 0.5) * contrast + 0.5
+    y = (exactmath.power(x, gamma) - 0.5) * contrast + 0.5
     return (255.0 * y).astype(np.float32)
 
 
@@ -111,7 +115,7 @@ def augment_sample(image: np.ndarray, label: np.ndarray, weight: np.ndarray,
             views = [a[:, ::-1] for a in views]
         img, lab, wgt = (np.ascontiguousarray(a) for a in views)
 
-    gamma = float(np.exp(rng.uniform(-1.0, 1.0) * np.log(config.gamma_max)))
+    gamma = float(exactmath.exp(rng.uniform(-1.0, 1.0) * exactmath.log(config.gamma_max)))
     contrast = float(rng.uniform(1.0 - config.contrast_max_change, 1.0 + config.contrast_max_change))
     noise_std = float(rng.uniform(0.0, config.noise_std_max))
     if gamma != 1.0 or contrast != 1.0 or noise_std > 0.0:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from storage.blockio import BlockArray
+from storage.intensity import UINT8_RANGE, scale_offset, volume_range
 from storage.prediction import PredictionStore, create_or_resume_prediction, open_prediction_for_blocks
 from storage.volume import LEVEL0, open_volume
 from unet.blocks import Block, plan_blocks
@@ -87,6 +88,8 @@ class InferJob:
     prediction_path: str
     predictor_factory: Callable[[], Predictor]
     config: InferConfig
+    # The input's raw values that map to 0 and 255 (storage.intensity: recorded at ingest).
+    intensity_range: tuple[float, float] = UINT8_RANGE
 
     def plan(self, shape: Sequence[int]) -> list[Block]:
         cfg = self.config
@@ -110,8 +113,10 @@ def _predictor_for(factory: Callable[[], Predictor]) -> Predictor:
         return _PREDICTORS[key]
 
 
-def _block_predictor(predictor: Predictor, cfg: InferConfig) -> BlockPredictor:
-    return BlockPredictor(predictor, cfg, device_of(predictor), getattr(predictor, "fixed_batch", None))
+def _block_predictor(predictor: Predictor, job: InferJob) -> BlockPredictor:
+    fixed = getattr(predictor, "fixed_batch", None)
+    return BlockPredictor(predictor, job.config, device_of(predictor), fixed,
+                          intensity=scale_offset(job.intensity_range))
 
 
 def run_blocks(job: InferJob, source: BlockArray, store: PredictionStore, block_ids: Sequence[int],
@@ -128,7 +133,7 @@ def run_blocks(job: InferJob, source: BlockArray, store: PredictionStore, block_
     pending = set(store.pending())
     todo = [blocks[i] for i in block_ids if i in pending]
     cfg = job.config
-    engine = _block_predictor(predictor, cfg)
+    engine = _block_predictor(predictor, job)
     transfer = DeviceTransfer(engine.device)
     if engine.device.type == "cpu":
         keep_freed_memory_for_reuse()
@@ -200,8 +205,10 @@ def prepare_run(volume_path: str, prediction_path: str, predictor_factory: Calla
     cfg = fit_to_volume(cfg, volume.shape)
     blocks = plan_blocks(volume.shape, cfg.block_shape, cfg.halo, (1, *cfg.tile))
     dev = device_type or resolve_device(cfg.device).type
+    intensity = volume_range(volume.attrs, volume.dtype, volume.path)  # refuses an unmappable input
     identity = {"model_sha256": model_id, "config": cfg.identity(), "volume_shape": list(volume.shape),
-                "precision": effective_precision(cfg, torch.device(dev)), "device_type": dev}
+                "precision": effective_precision(cfg, torch.device(dev)), "device_type": dev,
+                "intensity_range": list(intensity)}
     chunks, shards = store_layout(volume.shape, cfg)
     store = create_or_resume_prediction(
         prediction_path, shape=volume.shape, voxel_size=volume.voxel_size, chunks=chunks,
@@ -209,7 +216,7 @@ def prepare_run(volume_path: str, prediction_path: str, predictor_factory: Calla
         overwrite=overwrite)
     pending = store.pending()
     groups = group_blocks(pending, cfg.groups_for(len(blocks)))
-    job = InferJob(volume_path, prediction_path, predictor_factory, cfg)
+    job = InferJob(volume_path, prediction_path, predictor_factory, cfg, intensity)
     return PreparedRun(job, len(blocks), groups, int(np.prod(volume.shape)), len(pending))
 
 

@@ -51,3 +51,43 @@ def polarity_of_dataset(attrs: dict[str, Any], default: Polarity = "zero_is_memb
     if interior is None:
         return default
     return "nonzero_is_membrane" if int(interior) == 0 else "zero_is_membrane"
+
+
+def value_counts(labels: np.ndarray) -> dict[int, int]:
+    """{label value: voxel count} of ``labels``."""
+    values, counts = np.unique(labels, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def check_interior_value(counts: dict[int, int], interior_value: int, what: str = "labels",
+                         polarity: str | None = None) -> None:
+    """ValueError naming ``what`` unless labels with these value ``counts`` suit a training set
+    whose cell interior is ``interior_value`` (augment's border weights and targets).
+
+    Refused: instance (cell ID) labels, an ``interior_value`` the labels do not hold ({0, 1}
+    labels with the default 255 would make every pixel membrane and the weight map flat),
+    one that contradicts the ``polarity`` recorded at ingest, and inverted labels (membrane
+    the majority).
+    """
+    values = sorted(counts)
+    shown = values[:8] + (["..."] if len(values) > 8 else [])  # type: ignore[list-item]
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        raise ValueError(f"{what} must be binary membrane labels (0 and one other value), got {len(values)} "
+                         f"values {shown}: instance (cell ID) labels are not membrane labels")
+    if interior_value not in counts:
+        other = [v for v in values if v != 0]
+        hint = (f"pass interior_value={other[0]} (0 = membrane, as ISBI 2012) or 0 (0 = interior)"
+                if other else "the labels hold no cell interior")
+        raise ValueError(f"{what} hold values {shown} but interior_value is {interior_value}, which they do "
+                         f"not hold (every pixel would count as membrane); {hint}")
+    if polarity in POLARITIES and len(values) == 2:
+        expected = values[1] if polarity == "zero_is_membrane" else 0
+        if interior_value != expected:
+            raise ValueError(f"{what} were ingested as {polarity} (cell interior = {expected}) but "
+                             f"interior_value is {interior_value}; pass interior_value={expected}")
+    total = sum(counts.values())
+    membrane = total - counts[interior_value]
+    if total and membrane / total > MAX_MEMBRANE_FRACTION:
+        raise ValueError(f"{what} look inverted for interior_value {interior_value}: "
+                         f"{membrane / total:.0%} of pixels would be membrane (membranes are a minority); "
+                         "pass the other value as interior_value")

@@ -16,13 +16,21 @@ map stays well under 0.5 px for the handle spacings used in augmentation (tested
     output pixel v ──MLS(q → p)──▶ source coordinate s(v) ──sample──▶ out[v] = src[s(v)]
                  (coarse grid, then bilinear upsampling of s)
 
-Sums over handles are written as moments so that one (M, N) @ (N, 12) product gives all
-of them (see /work/shared/notes/mls.md, "cheaper equivalent form"): with
+Sums over handles are written as moments, one (M, 12) array for all of them (see
+/work/shared/notes/mls.md, "cheaper equivalent form"): with
 ``F_i = [1, p_i, q_i, p_i ⊗ p_i, p_i ⊗ q_i]`` and ``S = w @ F``, the centred sums are
 ``Σ w p̂ᵀp̂ = S_pp - W p*ᵀp*`` (same for p̂ᵀq̂). Similarity and rigid use complex
 numbers z = y + i·x: with ``c = Σ w conj(p̂) q̂``, similarity is ``(v - p*)·c/μ + q*``
 (μ = Σ w |p̂|²) and rigid is ``(v - p*)·c/|c| + q*``. Everything is float64 with
 coordinates centred on the image, which keeps the cancellation in ``S_pp - W p*ᵀp*`` harmless.
+
+Same bits on every machine: a training set's bytes are a function of its parameters, so
+nothing here goes through BLAS (``@``), whose summation order follows the CPU's kernel
+and the thread count (OpenBLAS's Haswell and SkylakeX kernels gave different maps, hence
+different images). The moments are summed handle by handle and the map is upsampled by
+explicit linear interpolation, with elementwise operations that IEEE 754 rounds
+exactly; ``|c|`` is a square root, not ``hypot`` (a libm function), and ``alpha != 1`` powers
+come from :mod:`unet.exactmath`.
 
 Edge cases, each with a defined result:
 
@@ -42,6 +50,8 @@ from typing import Literal
 import cv2
 import numpy as np
 from scipy import ndimage
+
+from unet import exactmath
 
 Mode = Literal["affine", "similarity", "rigid"]
 MODES: tuple[Mode, ...] = ("affine", "similarity", "rigid")
@@ -107,7 +117,7 @@ def _mls_from_d2(p: np.ndarray, q: np.ndarray, v: np.ndarray, d2: np.ndarray, mo
     hit_rows = on_handle.any(axis=1)
     if hit_rows.any():
         d2 = np.where(on_handle, 1.0, d2)  # placeholder; these rows are overwritten with q_k below
-    w = 1.0 / d2 if alpha == 1.0 else d2 ** (-alpha)
+    w = 1.0 / d2 if alpha == 1.0 else exactmath.exp(-alpha * exactmath.log(d2))
     # Centre all coordinates (on the handles' mean) to limit cancellation in S_pp - W p* p*ᵀ;
     # v is centred only after the distances, so a point on a handle stays exactly on it.
     origin = p.mean(axis=0)
@@ -117,7 +127,7 @@ def _mls_from_d2(p: np.ndarray, q: np.ndarray, v: np.ndarray, d2: np.ndarray, mo
     py, px, qy, qx = p[:, 0], p[:, 1], q[:, 0], q[:, 1]
     feats = np.stack([np.ones_like(py), py, px, qy, qx, py * py, py * px, px * px,
                       py * qy, py * qx, px * qy, px * qx], axis=1)
-    s = w @ feats  # (M, 12)
+    s = _moments(w, feats)  # (M, 12)
     inv_wsum = 1.0 / s[:, 0]
     ps = s[:, 1:3] * inv_wsum[:, None]  # p*
     qs = s[:, 3:5] * inv_wsum[:, None]  # q*
@@ -152,7 +162,7 @@ def _mls_from_d2(p: np.ndarray, q: np.ndarray, v: np.ndarray, d2: np.ndarray, mo
             scale = a_yy + a_xx  # μ_s = Σ w |p̂|²
             ok = scale > 0
         else:
-            scale = np.hypot(c_re, c_im)  # |c|
+            scale = np.sqrt(c_re * c_re + c_im * c_im)  # |c|
             ok = scale > _SINGULAR_RTOL * (a_yy + a_xx)
         with np.errstate(divide="ignore", invalid="ignore"):
             c_re, c_im = c_re / scale, c_im / scale
@@ -166,6 +176,20 @@ def _mls_from_d2(p: np.ndarray, q: np.ndarray, v: np.ndarray, d2: np.ndarray, mo
     if hit_rows.any():
         out[hit_rows] = q[on_handle[hit_rows].argmax(axis=1)]
     return out + origin
+
+
+def _moments(w: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """Σ_i w[:, i] · feats[i], (M, F) float64, summed in handle order (i = 0, 1, ...).
+
+    ``w @ feats`` without BLAS: the same bits whatever the CPU and the thread count.
+    """
+    s = np.zeros((feats.shape[1], w.shape[0]))  # (F, M): each handle adds F contiguous rows
+    term = np.empty_like(s)
+    wt = np.ascontiguousarray(w.T)
+    for i in range(w.shape[1]):
+        np.multiply(feats[i][:, None], wt[i][None, :], out=term)
+        s += term
+    return s.T
 
 
 def mls_points_reference(p: np.ndarray, q: np.ndarray, v: np.ndarray, mode: Mode = "rigid",
@@ -229,19 +253,35 @@ def coarse_grid(n: int, grid_step: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
-def _upsampling_matrix(n: int, grid_step: int) -> np.ndarray:
-    """(n, G) float32 matrix of linear-interpolation weights from the coarse grid to all pixels."""
+def _interpolation(n: int, grid_step: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``n`` pixels, the coarse-grid interval j (n,) int and the position t in it
+    (n,) float64 in [0, 1]: pixel i interpolates grid points j and j + 1 with weights 1 - t, t."""
     grid = coarse_grid(n, grid_step)
     if len(grid) == 1:
-        return np.ones((n, 1), dtype=np.float32)
-    pos = np.arange(n, dtype=np.float64)
-    j = np.clip(np.searchsorted(grid, pos, side="right") - 1, 0, len(grid) - 2)
-    t = (pos - grid[j]) / (grid[j + 1] - grid[j])
-    r = np.zeros((n, len(grid)), dtype=np.float64)
-    r[np.arange(n), j] = 1.0 - t
-    r[np.arange(n), j + 1] += t
-    r.setflags(write=False)
-    return r.astype(np.float32)
+        j, t = np.zeros(n, dtype=np.intp), np.zeros(n)
+    else:
+        pos = np.arange(n, dtype=np.float64)
+        j = np.clip(np.searchsorted(grid, pos, side="right") - 1, 0, len(grid) - 2)
+        t = (pos - grid[j]) / (grid[j + 1] - grid[j])
+    for a in (j, t):
+        a.setflags(write=False)
+    return j, t
+
+
+def _upsample(m: np.ndarray, h: int, w: int, grid_step: int) -> np.ndarray:
+    """Bilinear upsampling of a coarse map (Gy, Gx) to (h, w) float32: along x on the coarse
+    rows (float64), then along y by gathering whole rows (float32, the large step)."""
+    jy, ty = _interpolation(h, grid_step)
+    jx, tx = _interpolation(w, grid_step)
+    jy1 = np.minimum(jy + 1, m.shape[0] - 1)  # t = 0 where a single grid point spans the axis
+    jx1 = np.minimum(jx + 1, m.shape[1] - 1)
+    cols = (m[:, jx] * (1.0 - tx) + m[:, jx1] * tx).astype(np.float32)  # (Gy, w)
+    wy1 = ty.astype(np.float32)[:, None]
+    wy0 = (1.0 - ty).astype(np.float32)[:, None]
+    out = cols[jy]
+    out *= wy0
+    out += cols[jy1] * wy1
+    return out
 
 
 def backward_map(p: np.ndarray, q: np.ndarray, shape: tuple[int, int], mode: Mode = "rigid", *,
@@ -262,12 +302,11 @@ def backward_map(p: np.ndarray, q: np.ndarray, shape: tuple[int, int], mode: Mod
     gy = coarse_grid(h, grid_step) if grid_step > 1 else np.arange(h, dtype=np.float64)
     gx = coarse_grid(w, grid_step) if grid_step > 1 else np.arange(w, dtype=np.float64)
     # Backward map: swap p and q, so each output point finds where it comes from.
-    src = _mls_on_grid(q, p, gy, gx, mode, alpha)
-    src = src.reshape(len(gy), len(gx), 2).astype(np.float32)
+    src = _mls_on_grid(q, p, gy, gx, mode, alpha).reshape(len(gy), len(gx), 2)
     if grid_step == 1:
-        return np.ascontiguousarray(src[..., 0]), np.ascontiguousarray(src[..., 1])
-    ry, rx = _upsampling_matrix(h, grid_step), _upsampling_matrix(w, grid_step)
-    return ry @ src[..., 0] @ rx.T, ry @ src[..., 1] @ rx.T
+        return (np.ascontiguousarray(src[..., 0], dtype=np.float32),
+                np.ascontiguousarray(src[..., 1], dtype=np.float32))
+    return _upsample(src[..., 0], h, w, grid_step), _upsample(src[..., 1], h, w, grid_step)
 
 
 def min_jacobian(map_y: np.ndarray, map_x: np.ndarray) -> float:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from unet.infer_config import PYRAMID_TOP, auto_pyramid_levels
+
 LabelDtype = Literal["uint32", "uint64"]
 
 # Fields that change how fast the output is produced but not its bytes; everything else is
@@ -44,8 +46,10 @@ class SegmentConfig(BaseModel):
     halo: tuple[int, int] = Field((32, 32), description="Real context (y, x) in pixels read around each "
                                   "block for the watershed; must exceed seed_distance and fit in a block.")
     dtype: LabelDtype = Field("uint32", description="Label dtype; uint64 for more than 4e9 cells.")
-    pyramid_levels: int = Field(0, ge=0, le=8, description="Extra 2x-downsampled levels (nearest) for "
-                                "viewers.")
+    pyramid_levels: int | None = Field(None, ge=0, le=8, description="Extra 2x-downsampled levels "
+                                       "(nearest) for viewers; default: as many as it takes for the top "
+                                       f"level to fit in {PYRAMID_TOP} x {PYRAMID_TOP} pixels, as in "
+                                       "inference.")
 
     @model_validator(mode="after")
     def _check(self) -> SegmentConfig:
@@ -67,6 +71,10 @@ class SegmentConfig(BaseModel):
         """Output chunk (z, y, x): one slice, 256 x 256 where the block divides evenly, else the block."""
         _, by, bx = self.block_shape
         return (1, 256 if by % 256 == 0 else by, 256 if bx % 256 == 0 else bx)
+
+    def levels_for(self, shape: tuple[int, ...] | list[int]) -> int:
+        """Extra pyramid levels for a volume of ``shape`` (z, y, x): the set value, else automatic."""
+        return auto_pyramid_levels(shape) if self.pyramid_levels is None else self.pyramid_levels
 
     def identity(self) -> dict[str, Any]:
         """The parameters that shape the output's bytes (recorded in the store, checked on resume)."""

@@ -93,7 +93,7 @@ def prepare(probability: str, segmentation: str, config: SegmentConfig, overwrit
     store = create_or_resume_segmentation(
         segmentation, shape=src.shape, voxel_size=src.voxel_size, dtype=cfg.dtype, chunks=cfg.chunks,
         shards=cfg.block_shape, n_blocks=len(plan.blocks), identity=identity,
-        pyramid_levels=cfg.pyramid_levels, overwrite=overwrite)
+        pyramid_levels=cfg.levels_for(src.shape), overwrite=overwrite)
     return SegmentRun(job, len(plan.blocks), store.seeds_ledger.pending(), store.labels_ledger.pending(),
                       store.merged, int(np.prod(src.shape)))
 

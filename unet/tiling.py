@@ -103,6 +103,16 @@ def load_tile(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src)
 
 
+def rescale(x: torch.Tensor, scale: float, offset: float) -> None:
+    """``x`` ← ``x`` × scale + offset in place."""
+    if x.device.type == "cpu":
+        a = x.numpy()
+        np.multiply(a, np.float32(scale), out=a)
+        np.add(a, np.float32(offset), out=a)
+    else:
+        x.mul_(scale).add_(offset)
+
+
 def accumulate(acc: torch.Tensor, pred: torch.Tensor, window: torch.Tensor) -> None:
     """``acc`` += ``pred`` × ``window`` in place."""
     if acc.device.type == "cpu":
@@ -142,9 +152,12 @@ class BlockPredictor:
     :meth:`probabilities` the same computation kept in float32 (for exact stitching tests)."""
 
     def __init__(self, predictor: Predictor, cfg: InferConfig, device: torch.device | str = "cpu",
-                 fixed_batch: int | None = None) -> None:
+                 fixed_batch: int | None = None, intensity: tuple[float, float] = (1.0, 0.0)) -> None:
         self.predictor, self.cfg, self.device = predictor, cfg, torch.device(device)
         self.fixed_batch = fixed_batch  # pad every batch to this size (torch.compile / CUDA graphs)
+        # (scale, offset) taking the input's raw values to the predictor's 0..255 scale
+        # (storage.intensity); identity for uint8 EM, so those tiles cost no extra pass.
+        self.intensity = intensity
         self._local = threading.local()  # a batch buffer per thread: CPU engines compute blocks in parallel
         self._scales: dict[tuple[Any, ...], torch.Tensor] = {}
 
@@ -163,6 +176,8 @@ class BlockPredictor:
             each(self.device, load_tile,  # uint8 → float32, one pass
                  [(buf[j, 0], padded[z][work.tiles[ti].input.slices]) for j, (z, ti) in enumerate(chunk)])
             n = self.fixed_batch or len(chunk)
+            if self.intensity != (1.0, 0.0):
+                rescale(buf[: len(chunk)], *self.intensity)
             pred = self.predictor(buf[:n])
             if pred.ndim != 4 or pred.shape[0] != n or tuple(pred.shape[2:]) != tuple(self.cfg.tile):
                 raise ValueError(f"predictor returned shape {tuple(pred.shape)}, expected "

@@ -20,7 +20,15 @@ sources); ``TrainConfig.allow_val_overlap`` overrides that.
 Resumption: the batch of step ``s`` is a pure function of (seed, s) (its own numpy
 generator), and the checkpoint stores the step, optimiser, scheduler and torch RNG
 states, so a run resumed from ``checkpoint-last.pt`` replays exactly the steps an
-uninterrupted run would have taken (bit-identical in deterministic mode).
+uninterrupted run would have taken (bit-identical in deterministic mode; otherwise close,
+and ``config.json`` / the checkpoints say ``deterministic: false``).
+
+Running the same thing again continues it: ``models/<run>`` records the run's identity
+(:func:`run_identity`: model config, train config, what the training set was made from,
+the validation slices), in ``config.json`` and in every checkpoint. A run of the same
+identity continues from ``checkpoint-last.pt`` (or starts, if killed before its first
+checkpoint; a finished one is left as it is); another identity is refused with the
+differing fields named (:class:`RunMismatchError`), unless ``overwrite``.
 
 On CUDA: bf16 autocast, channels_last, optional torch.compile, pinned host batches
 copied with ``non_blocking=True``, batches prepared ahead by a thread pool so the GPU does
@@ -30,6 +38,7 @@ not wait for zarr reads.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -45,10 +54,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from storage.dataset import TrainingSet
 from storage.errors import ShapeMismatchError, StoreExistsError
-from storage.files import append_jsonl, read_jsonl, remove_files, write_json, write_jsonl
+from storage.files import append_jsonl, read_json, read_jsonl, remove_files, write_json, write_jsonl
+from storage.intensity import to_uint8, volume_range
+from storage.runs import clear_run_complete, mark_run_complete
 from storage.volume import Volume
 from unet.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint, save_checkpoint
 from unet.labels import Polarity, check_labels, membrane_mask, polarity_of_dataset
+from unet.membrane import membrane_probability
 from unet.metrics import DEFAULT_THRESHOLDS, check_thresholds
 from unet.model import UNet, UNetConfig
 from unet.tta import TTAMode, tta_average
@@ -117,8 +129,28 @@ class TrainConfig(BaseModel):
         return value
 
 
+# TrainConfig fields that change how fast a run goes, not the parameters it reaches: a run
+# may be continued with other values of these.
+SPEED_ONLY_FIELDS = frozenset({"loader_threads", "prefetch", "val_scoring"})
+# What config.json and the checkpoints say about reproducibility.
+REPRODUCIBILITY = {
+    True: "deterministic: a run resumed after a crash reaches the same parameters, bit for bit, "
+          "as an uninterrupted run on the same machine and software",
+    False: "non-deterministic (fast kernels; train config deterministic: true for bit-identical "
+           "resumption): a resumed or repeated run reaches close but not bit-identical parameters",
+}
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunMismatchError(StoreExistsError):
+    """The model folder holds a run of another identity; ``fields`` are the differing ones."""
+
+    def __init__(self, message: str, fields: list[str]) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class ValidationOverlapError(ValueError):
@@ -145,7 +177,8 @@ class ValidationData:
                              f"got {z0}..{z1}")
         lab = labels.read(slice(z0, z1))
         check_labels(lab, polarity, f"validation labels {labels.path}")
-        return cls(image.read(slice(z0, z1)), membrane_mask(lab, polarity),
+        rng = volume_range(image.attrs, image.dtype, image.path)  # 12/16-bit or float → 0..255
+        return cls(to_uint8(image.read(slice(z0, z1)), rng), membrane_mask(lab, polarity),
                    {"image": image.path, "labels": labels.path, "z": [z0, z1], "polarity": polarity})
 
     @property
@@ -195,6 +228,106 @@ def check_held_out(dataset: TrainingSet, validation: ValidationData, allow: bool
             "(train config allow_val_overlap: true) to validate on training data anyway")
 
 
+def _store_key(path: Any) -> Any:
+    """A store path as compared between runs: local paths resolved (a relative workspace
+    given from another folder is the same store), URLs as written."""
+    if not isinstance(path, str) or "://" in path.removeprefix("file://"):
+        return path
+    return os.path.realpath(path.removeprefix("file://"))
+
+
+def run_identity(dataset: TrainingSet, validation: ValidationData, model_cfg: UNetConfig,
+                 cfg: TrainConfig) -> dict[str, Any]:
+    """What makes a training run the run it is (JSON): the model config, the train config
+    (less :data:`SPEED_ONLY_FIELDS`), the training set (its store and what it was made from)
+    and the validation source. Equal identities may continue each other's checkpoints."""
+    made = dataset.attrs
+    sources = dict(made.get("sources") or {})
+    for key in ("image", "labels"):
+        if key in sources:
+            sources[key] = _store_key(sources[key])
+    identity = {
+        "unet": model_cfg.model_dump(mode="json"),
+        "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in SPEED_ONLY_FIELDS},
+        "dataset": {"path": _store_key(dataset.path), "sources": sources, "params": made.get("params"),
+                    "n_samples": made.get("n_samples"), "sample_shape": made.get("sample_shape")},
+        "validation": {k: _store_key(v) if k in ("image", "labels") else v
+                       for k, v in validation.source.items()},
+    }
+    return json.loads(json.dumps(identity))  # as read back from config.json: lists, not tuples
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def identity_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The fields (dotted, e.g. ``train.lr``) where ``current`` differs from ``stored``, each
+    as "field: stored value -> current value". Fields only ``current`` has (added to a
+    config since the stored run) are not counted."""
+    old, new = _flatten(stored), _flatten(current)
+    return [f"{k}: {json.dumps(old[k])} -> {json.dumps(new.get(k))}"
+            for k in old if k in new and old[k] != new[k] or k not in new and old[k] is not None]
+
+
+def _stored_identity(model_dir: str, payload: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The identity a run folder records: its checkpoint's, else config.json's (runs written
+    before identities were recorded: their configs and inputs), else None (nothing there)."""
+    if payload is not None and "identity" in payload.get("extra", {}):
+        return dict(payload["extra"]["identity"])
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(config_path):
+        return {"unet": payload["model_config"]} if payload is not None else None
+    recorded = read_json(config_path)
+    if "identity" in recorded:
+        return dict(recorded["identity"])
+    legacy = {"unet": recorded.get("unet"),
+              "train": {k: v for k, v in (recorded.get("train") or {}).items() if k not in SPEED_ONLY_FIELDS},
+              "dataset": {"path": _store_key(recorded.get("dataset"))},
+              "validation": {k: _store_key(v) if k in ("image", "labels") else v
+                             for k, v in (recorded.get("validation") or {}).items()}}
+    return json.loads(json.dumps(legacy))
+
+
+def plan_run(model_dir: str, identity: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
+             map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """Start or continue the run in ``model_dir``? The checkpoint to continue from (its
+    payload), or None to start from step 0.
+
+    A folder whose recorded identity equals ``identity`` is continued from
+    ``checkpoint-last.pt`` (or started, when killed before its first checkpoint); another
+    identity raises :class:`RunMismatchError` naming the differing fields, unless
+    ``overwrite`` (start again). ``resume`` insists on continuing: no checkpoint is then a
+    :class:`CheckpointError`. Messages name the command-line flags (``--overwrite``).
+    """
+    last_path = os.path.join(model_dir, LAST)
+    if overwrite:
+        if resume:
+            raise ValueError("--resume continues a run and --overwrite starts it again: pass one of them")
+        return None
+    payload = load_checkpoint(last_path) if os.path.exists(last_path) else None
+    stored = _stored_identity(model_dir, payload)
+    if stored is not None:
+        diff = identity_diff(stored, identity)
+        if diff:
+            fields = [d.partition(":")[0] for d in diff]
+            raise RunMismatchError(
+                f"{model_dir} holds a training run with other settings ({'; '.join(diff)}); run the "
+                "command with that run's settings to continue it, pass --overwrite to start it again "
+                "from step 0 (its checkpoints and metrics are replaced), or choose another --run name",
+                fields)
+    if payload is None and resume:
+        raise CheckpointError(f"cannot resume: no checkpoint at {last_path}")
+    if payload is not None and map_location != "cpu":
+        payload = load_checkpoint(last_path, map_location=map_location)
+    return payload
+
+
 @dataclass
 class TrainResult:
     """What a training run left: paths, best validation scores, throughput.
@@ -215,6 +348,8 @@ class TrainResult:
     wall_s: float
     val_blocking_s: float = 0.0
     report_metrics: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int | None = None
+    deterministic: bool = False
 
 
 # --- data -------------------------------------------------------------------------------
@@ -325,10 +460,9 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     logits = logits.float()
     if logits.shape[1] == 1:
         per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
-        prob = torch.sigmoid(logits[:, 0])
     else:
         per_pixel = F.cross_entropy(logits, target.long(), reduction="none")
-        prob = torch.softmax(logits, dim=1)[:, 1]
+    prob = membrane_probability(logits)[:, 0]
     loss = (per_pixel * weight).sum() / weight.sum().clamp_min(1e-6)
     if dice_weight > 0:
         inter = (prob * target).sum()
@@ -413,7 +547,7 @@ def predict_slices(model: UNet, images: np.ndarray, *, batch_size: int = 4, tta:
     def membrane(xt: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) probability; class 1 of N > 1
         with cast:
             logits = forward(xt.contiguous(memory_format=memory_format)).float()
-        return torch.sigmoid(logits[:, :1]) if logits.shape[1] == 1 else torch.softmax(logits, 1)[:, 1:2]
+        return membrane_probability(logits)
 
     for z0 in range(0, images.shape[0], batch_size):
         x = torch.from_numpy(images[z0 : z0 + batch_size, None].astype(np.float32) / 255.0)
@@ -505,9 +639,12 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
     (:class:`ValidationOverlapError`) unless ``cfg.allow_val_overlap``, and ``report`` must
     not share slices with ``validation``.
 
-    ``resume=True`` continues from ``model_dir/checkpoint-last.pt`` (same step, optimiser,
-    scheduler and RNG states); without it an existing checkpoint is an error unless
-    ``overwrite=True``. ``progress(step, total, **metrics)`` is called every ``log_every``
+    A ``model_dir`` holding a run of the same identity (:func:`run_identity`) continues
+    from its ``checkpoint-last.pt`` (same step, optimiser, scheduler and RNG states): running
+    the same thing again after a crash finishes the run. Another identity is refused
+    (:class:`RunMismatchError`) unless ``overwrite`` (start again from step 0); ``resume``
+    insists on continuing (see :func:`plan_run`). ``progress(step, total, **metrics)`` is called
+    every ``log_every``
     steps and whenever a validation's scores arrive (``val_step`` says which step they
     score). A NaN/inf loss raises :class:`TrainingDivergedError` and leaves the last good
     checkpoint in place.
@@ -527,20 +664,18 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
     polarity: Polarity = cfg.polarity or polarity_of_dataset(dataset.attrs)
     last_path, best_path = os.path.join(model_dir, LAST), os.path.join(model_dir, BEST)
     metrics_path = os.path.join(model_dir, "metrics.jsonl")
-    if not resume and os.path.exists(last_path) and not overwrite:
-        raise StoreExistsError(f"{model_dir} already holds a run; pass resume=True to continue it or "
-                               "overwrite=True to start again")
-    if resume and not os.path.exists(last_path):
-        raise CheckpointError(f"cannot resume: no checkpoint at {last_path}")
+    identity = run_identity(dataset, validation, model_cfg, cfg)
+    payload = plan_run(model_dir, identity, resume=resume, overwrite=overwrite, map_location=dev)
+    resume = payload is not None
     source = BatchSource(dataset, cfg, polarity, pin=dev.type == "cuda")
     checkpoint_every = cfg.checkpoint_every or cfg.val_every
 
+    clear_run_complete(model_dir)  # unfinished (for the nightly's model choice) until the end
     t_wall = time.perf_counter()
     with _determinism(cfg.deterministic), BackgroundScorer(cfg.val_scoring) as scorer:
         trainer = Trainer(model_cfg, cfg, dev)
         start, best_metrics = 0, dict[str, Any]()
-        if resume:
-            payload = load_checkpoint(last_path, map_location=dev)
+        if payload is not None:
             saved_cfg = config_from_checkpoint(payload, last_path)
             if saved_cfg != model_cfg:
                 raise ValueError(f"cannot resume {last_path}: it holds model {saved_cfg.model_dump()}, "
@@ -551,25 +686,25 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
             _set_rng_state(payload["extra"]["rng"], dev)
             start = int(payload["step"])
             known = [dict(payload["extra"].get("best", {}))] + _best_logged(metrics_path, start)
-            best_metrics = max((b for b in known if b), key=lambda b: b["v_rand"], default={})
-        write_json(os.path.join(model_dir, "config.json"), {
-            "unet": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json"),
-            "dataset": dataset.path, "validation": validation.source,
-            "report": report.source if report is not None else None, "polarity": polarity,
-            "device": str(dev)})
+            # Keys sorted, as in the log and in an uninterrupted run (checkpoint-best.pt: the same bytes).
+            best: dict[str, Any] = max((b for b in known if b), key=lambda b: b["v_rand"], default={})
+            best_metrics = dict(sorted(best.items()))
 
         def save_last(step: int) -> None:
             save_checkpoint(last_path, trainer.model, model_cfg, optimizer=trainer.optimizer,
                             scheduler=trainer.scheduler, step=step,
-                            extra={"rng": _rng_state(dev), "best": best_metrics})
+                            extra={"rng": _rng_state(dev), "best": best_metrics, "identity": identity,
+                                   "deterministic": cfg.deterministic})
 
         def on_scores(current: int, val_step: int, weights: dict[str, torch.Tensor],
                       scores: dict[str, Any]) -> None:
             nonlocal best_metrics
             if not best_metrics or scores["v_rand"] > best_metrics["v_rand"]:
-                best_metrics = {"step": val_step, **scores}
+                best_metrics = dict(sorted({"step": val_step, **scores}.items()))
                 # Saved before the record is logged: a logged best always has its checkpoint.
-                save_checkpoint(best_path, weights, model_cfg, step=val_step, extra={"metrics": best_metrics})
+                save_checkpoint(best_path, weights, model_cfg, step=val_step,
+                                extra={"metrics": best_metrics, "identity": identity,
+                                       "deterministic": cfg.deterministic})
             append_jsonl(metrics_path, {"kind": "val", "step": val_step, **scores})
             if progress is not None:
                 progress(current, cfg.steps, val_step=val_step, v_rand=round(scores["v_rand"], 4),
@@ -588,11 +723,20 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
         # records of steps after the resumed checkpoint (from the killed attempt) are superseded by
         # later ones. A new (or replacing) run starts it afresh and drops the earlier run's
         # checkpoints, so nothing read from this folder can belong to another run.
+        # The earlier run's checkpoints go before config.json names the new identity: a kill in
+        # between must not leave them looking like this run's.
         if resume:
             append_jsonl(metrics_path, {"kind": "resume", "step": start})
         else:
             remove_files(last_path, best_path)
             write_jsonl(metrics_path, [{"kind": "start", "step": start}])
+        write_json(os.path.join(model_dir, "config.json"), {
+            "unet": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json"),
+            "dataset": dataset.path, "validation": validation.source,
+            "report": report.source if report is not None else None, "polarity": polarity,
+            "device": str(dev),
+            "identity": identity, "deterministic": cfg.deterministic,
+            "reproducibility": REPRODUCIBILITY[cfg.deterministic]})
         loss_sum = torch.zeros((), device=dev)
         n_loss, last_loss = 0, float("nan")
         val_blocking_s = 0.0
@@ -651,6 +795,7 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
                               **score_prediction(prob, report.membrane, cfg.val_thresholds)}
             append_jsonl(metrics_path, {"kind": "report", "z": report.source.get("z"), **report_metrics})
 
+    mark_run_complete(model_dir, step=max(start, cfg.steps), best=best_metrics)  # last: the run finished
     if start >= cfg.steps:
         last_loss = float("nan")
     return TrainResult(
@@ -658,4 +803,5 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
         best_checkpoint=best_path if os.path.exists(best_path) else None,
         step=max(start, cfg.steps), best_metrics=best_metrics, final_loss=last_loss,
         train_images_per_s=n_images / loop_s if n_images and loop_s > 0 else 0.0,
-        wall_s=time.perf_counter() - t_wall, val_blocking_s=val_blocking_s, report_metrics=report_metrics)
+        wall_s=time.perf_counter() - t_wall, val_blocking_s=val_blocking_s, report_metrics=report_metrics,
+        resumed_from=start if resume else None, deterministic=cfg.deterministic)

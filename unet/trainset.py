@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from storage.dataset import resume_training_set
+from storage.fanout import fan_out
 from unet.augment import AugmentConfig, augment_sample
 from unet.weights import border_weight_map
 
@@ -57,6 +58,9 @@ def prepare_sources(image: np.ndarray, label: np.ndarray, config: AugmentConfig)
     """Source slices (S, H, W) with their border weight maps, computed once per slice."""
     if label.ndim != 3 or label.shape != image.shape:
         raise ValueError(f"image and label must be (S, H, W) of one shape, got {image.shape}, {label.shape}")
+    if image.dtype != np.uint8:  # a cast would wrap 12-bit data modulo 256
+        raise ValueError(f"source images must be uint8 0..255, got {image.dtype}: map them with "
+                         "storage.intensity.to_uint8 first")
     weight = np.stack([
         border_weight_map(lab, interior_value=config.interior_value, w0=config.border_w0,
                           sigma=config.border_sigma_px, class_balance=config.class_balance)
@@ -117,44 +121,15 @@ def write_pending_groups(path: str, sources: SourceSlices, root_seed: int, confi
                          f"but the sources are {sources.sample_shape}")
     pending = ts.ledger.pending()
     total = ts.ledger.n_units
-    done = total - len(pending)
-    if progress is not None:
-        progress(done, total)
-    if not pending:
-        return 0
-    if client is not None:
-        from distributed import as_completed
-
-        # Ship the sources once to every worker instead of once per task.
-        remote_sources = client.scatter(sources, broadcast=True)
-        futures = client.map(write_group, [path] * len(pending), [remote_sources] * len(pending),
-                             [root_seed] * len(pending), pending, [config] * len(pending), pure=False)
-        for future in as_completed(futures):
-            future.result()
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        return len(pending)
-
-    import dask
-    from dask.callbacks import Callback
-
-    counter = {"done": done}
-
-    def on_task_done(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if isinstance(result, int) and str(key).startswith("write_group-"):
-            counter["done"] += 1
-            if progress is not None:
-                progress(counter["done"], total)
-
-    # One graph node for the sources (not traversed), shared by every group task.
-    shared_sources = dask.delayed(sources, traverse=False)
-    tasks = [dask.delayed(write_group, pure=False)(path, shared_sources, root_seed, g, config,
-                                                   dask_key_name=f"write_group-{g}")
-             for g in pending]
-    with Callback(posttask=on_task_done):
-        dask.compute(*tasks, scheduler=scheduler, num_workers=num_workers)
+    # The sources travel once (one graph node locally, one broadcast to a cluster's workers).
+    fan_out(_write_unit, pending, shared=(path, sources, root_seed, config), client=client,
+            scheduler=scheduler, num_workers=num_workers, progress=progress,
+            done=total - len(pending), total=total)
     return len(pending)
+
+
+def _write_unit(path: str, sources: SourceSlices, root_seed: int, config: AugmentConfig, group: int) -> int:
+    return write_group(path, sources, root_seed, group, config)
 
 
 def overlay_membranes(image: np.ndarray, label: np.ndarray, interior_value: int) -> np.ndarray:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from unet import exactmath
+
 # Distances only matter while exp(-(d1+d2)²/2σ²) is visible: beyond d1 + d2 = 6σ the term is
 # below 1.5e-8 · w0, under float16's resolution of the stored map. So each cell's distance
 # transform is computed only inside its bounding box grown by 6σ, not over the whole slice.
@@ -75,7 +77,8 @@ def border_weight_map(label: np.ndarray, *, interior_value: int = 255, w0: float
     if n_cells == 0:
         return weight
     d1, d2 = two_nearest_cell_distances(cells, n_cells, _CUTOFF_SIGMAS * sigma)
-    with np.errstate(invalid="ignore", over="ignore"):
-        border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
-    border = np.nan_to_num(border, nan=0.0, posinf=0.0)
+    d = d1.astype(np.float64) + d2  # inf beyond the cutoff, where the term is 0
+    # exactmath.exp, not np.exp: numpy's exp differs in the last bits between CPUs, and the
+    # training set's bytes must not.
+    border = w0 * exactmath.exp(-(d * d) / (2.0 * sigma**2))
     return (weight + np.where(interior, 0.0, border)).astype(np.float32)

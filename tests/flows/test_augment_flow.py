@@ -49,33 +49,33 @@ def run(ws, **kw):
 def test_generate_resume_and_rerun(prefect_server, workspace):
     ws = workspace
     result = run(ws, preview=True)
-    assert result["n_samples"] == 10 and result["groups_written"] == 3
-    assert result["dataset"] == ws.dataset("train")
+    assert result.n_samples == 10 and result.groups_written == 3
+    assert result.dataset == ws.dataset("train")
     ts = open_training_set(ws.dataset("train"))
     assert ts.attrs["sources"]["slices"] == [0, 1, 2]
     assert ts.attrs["params"]["root_seed"] == 3
     assert AugmentConfig.model_validate(ts.attrs["params"]["augment"]) == CONFIG
     assert set(np.unique(ts.label[:])) <= {0, 255}
     assert float(ts.weight[:].max()) > 1.0  # border weights present
-    assert os.path.getsize(result["preview"]) > 1000
+    assert os.path.getsize(result.preview) > 1000
     saved = [ts.image[:], ts.label[:], ts.weight[:]]
 
-    assert run(ws)["groups_written"] == 0  # finished: nothing to do
+    assert run(ws).groups_written == 0  # finished: nothing to do
 
     # Simulate an interrupted run: group 1 lost and the set not marked complete.
     group = zarr.open_group(ws.dataset("train"), mode="r+")
     group["image"][4:8] = 0
     group["done"][1] = 0
     group.attrs["emseg"] = {**group.attrs["emseg"], "complete": False}
-    assert run(ws, group_size=2)["groups_written"] == 1  # the stored grouping wins
+    assert run(ws, group_size=2).groups_written == 1  # the stored grouping wins
     ts = open_training_set(ws.dataset("train"))
     for a, b in zip(saved, [ts.image[:], ts.label[:], ts.weight[:]], strict=True):
         assert a.tobytes() == b.tobytes()
 
-    with pytest.raises(StoreExistsError, match="other sources or parameters"):
+    with pytest.raises(StoreExistsError, match="other inputs or parameters"):
         run(ws, root_seed=4)
     # overwrite=True replaces it with the new seed
-    assert run(ws, root_seed=4, overwrite=True)["groups_written"] == 3
+    assert run(ws, root_seed=4, overwrite=True).groups_written == 3
     assert not np.array_equal(resume_training_set(ws.dataset("train")).image[:], saved[0])
 
 

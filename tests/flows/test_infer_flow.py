@@ -43,12 +43,12 @@ def test_flow_writes_a_complete_prediction_and_refuses_to_overwrite(setup: tuple
 
     root, ckpt = setup
     result = infer_flow(workspace=str(root), volume="em", checkpoint=ckpt, config=CFG)
-    pred = open_volume(result["prediction"])
-    assert result["prediction"] == Workspace(str(root)).prediction("em")
+    pred = open_volume(result.prediction)
+    assert result.prediction == Workspace(str(root)).prediction("em")
     assert pred.shape == (3, 48, 40) and pred.dtype == np.uint8 and pred.voxel_size.as_tuple() == (50, 4, 4)
-    assert result["voxels"] == 3 * 48 * 40 and result["blocks"] == 2 * 2 * 2 and result["blocks_run"] == 8
-    assert len(result["model_sha256"]) == 64 and result["voxels_per_s"] > 0
-    assert pred.attrs["inference"]["model_sha256"] == result["model_sha256"]
+    assert result.voxels == 3 * 48 * 40 and result.blocks == 2 * 2 * 2 and result.blocks_run == 8
+    assert len(result.model_sha256) == 64 and result.voxels_per_s > 0
+    assert pred.attrs["inference"]["model_sha256"] == result.model_sha256
     data = pred.read(slice(None))
     assert data.std() > 0  # a real (random) model output, not the fill value
 
@@ -56,7 +56,7 @@ def test_flow_writes_a_complete_prediction_and_refuses_to_overwrite(setup: tuple
         infer_flow(workspace=str(root), volume="em", checkpoint=ckpt, config=CFG)
     again = infer_flow(workspace=str(root), volume="em", checkpoint=ckpt, config=CFG.model_copy(
         update={"batch_size": 1}), overwrite=True)
-    assert np.array_equal(open_volume(again["prediction"]).read(slice(None)), data)  # deterministic on CPU
+    assert np.array_equal(open_volume(again.prediction).read(slice(None)), data)  # deterministic on CPU
 
 
 def test_bad_checkpoint_or_tile_fails_before_any_write(setup: tuple[Path, str], tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def test_flow_refuses_to_overwrite_and_refuses_label_volumes(workspace: Path) ->
 
     cfg = SegmentConfig(block_shape=(3, 96, 80))
     result = segment_flow(workspace=str(workspace), probability="em", config=cfg)
-    assert result["segmentation"] == Workspace(str(workspace)).segmentation("em") and result["blocks"] == 1
+    assert result.segmentation == Workspace(str(workspace)).segmentation("em") and result.blocks == 1
     with pytest.raises(StoreExistsError, match="overwrite"):
         segment_flow(workspace=str(workspace), probability="em", config=cfg)
     with pytest.raises(InputError, match="label volume"):

@@ -42,7 +42,7 @@ def workspace(tmp_path: Path) -> Workspace:
 
 
 def test_score_volume_streams_slabs(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.evaluate as ev
+    import unet.evaluate_stage as ev
 
     whole = score_volume(workspace.prediction("perfect"), workspace.labels("em"), "zero_is_membrane")
     assert whole["v_rand"] == 1.0 and whole["pixel_accuracy_at_half"] == 1.0 and whole["n_slices"] == 6
@@ -72,11 +72,11 @@ def test_train_then_evaluate_flows(workspace: Workspace) -> None:
                         train=TrainConfig(steps=4, batch_size=2, val_every=2, loader_threads=1),
                         unet=UNetConfig(depth=2, base_channels=4))
     model_dir = Path(workspace.model_dir("tiny"))
-    assert result["best_checkpoint"] == str(model_dir / "checkpoint-best.pt")
+    assert result.best_checkpoint == str(model_dir / "checkpoint-best.pt")
     assert {"checkpoint-last.pt", "checkpoint-best.pt", "metrics.jsonl", "config.json"} <= {
         p.name for p in model_dir.iterdir()}
-    assert 0 <= result["best_metrics"]["v_rand"] <= 1 and result["step"] == 4
-    assert Path(result["preview"]).stat().st_size > 0
+    assert 0 <= result.best_metrics["v_rand"] <= 1 and result.step == 4
+    assert Path(result.preview).stat().st_size > 0
 
     out = CliRunner().invoke(app, ["evaluate", "--workspace", workspace.root, "--prediction", "perfect",
                                    "--labels", "em", "--run", "ev"])

@@ -56,12 +56,13 @@ def test_ledger_persists_atomically(tmp_path):
 
 
 def test_newest_best_checkpoint(tmp_path):
-    with pytest.raises(StoreNotFoundError, match="no training run"):
+    with pytest.raises(StoreNotFoundError, match="no finished training run"):
         newest_best_checkpoint(tmp_path / "models")
     for i, run in enumerate(["b-old", "a-new"]):
         os.makedirs(tmp_path / "models" / run)
         ckpt = tmp_path / "models" / run / "checkpoint-best.pt"
         ckpt.write_bytes(b"x")
         os.utime(ckpt, ns=(time.time_ns() + i * 10**9,) * 2)
+        (tmp_path / "models" / run / "complete.json").write_text("{}")  # training finished
     os.makedirs(tmp_path / "models" / "unfinished")
     assert newest_best_checkpoint(tmp_path / "models").endswith(os.path.join("a-new", "checkpoint-best.pt"))

@@ -7,9 +7,9 @@ import numpy as np
 from storage.synthetic import SyntheticSpec, generate_volume
 from storage.volume import create_volume
 from storage.workspace import Workspace
-from tasks.augment import check_augment_inputs
 from tasks.split import volume_split
 from unet.augment import AugmentConfig
+from unet.augment_stage import AugmentStageConfig, plan_augment
 from unet.split import SliceSplit
 
 
@@ -22,6 +22,6 @@ def test_a_16_slice_volume_defaults_to_its_own_split(tmp_path):
         w.write(0, data)
         w.mark_complete()
     assert volume_split(ws.root, "em") == SliceSplit("0-10", "11-15")
-    plan = check_augment_inputs.fn(ws.root, "em", "em", "set", "", 8, 0,
-                                    AugmentConfig(max_displacement_px=3.0), 4, False)
-    assert plan["slices"] == list(range(11)) and plan["attrs"]["sources"]["split"] == {"train": "0-10"}
+    plan = plan_augment(ws, "em", "em", "set", AugmentStageConfig(
+        n_samples=8, group_size=4, augment=AugmentConfig(max_displacement_px=3.0)))
+    assert plan.slices == tuple(range(11)) and plan.attrs["sources"]["split"] == {"train": "0-10"}

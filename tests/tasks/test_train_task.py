@@ -12,11 +12,12 @@ from storage.dataset import create_training_set
 from storage.synthetic import SyntheticSpec, generate_volume
 from storage.volume import create_volume, open_volume
 from storage.workspace import Workspace
-from tasks.augment import dataset_attrs
 from tasks.train import train_model
 from unet.augment import AugmentConfig
+from unet.augment_stage import dataset_attrs
 from unet.model import UNetConfig
 from unet.train import TrainConfig, ValidationOverlapError
+from unet.train_stage import TrainStageConfig
 
 TINY = UNetConfig(depth=2, base_channels=4)
 
@@ -47,9 +48,10 @@ def test_train_task_refuses_overlapping_validation_slices(workspace: Workspace,
     cfg = TrainConfig(steps=2, batch_size=2, crop=32, val_every=2, loader_threads=1, val_scoring="inline")
     with pytest.raises(ValidationOverlapError, match=r"validation slices 3-5 .* include slices 3 .*"
                                                      r"--allow-val-overlap"):
-        train_model.fn(workspace.root, "train", "em", "em", (3, 6), "r1", TINY, cfg)
+        train_model.fn(workspace.root, "train", "em", "em", "r1",
+                       TrainStageConfig(train=cfg, unet=TINY, val_slices="3-5"))
     assert not Path(workspace.model_dir("r1")).exists()
-    result = train_model.fn(workspace.root, "train", "em", "em", (4, 5), "r2",
-                            TINY, cfg, report_slices=(5, 6))
-    assert result["step"] == 2 and result["report_metrics"]["n_slices"] == 1
-    assert "v_rand_threshold" in result["best_metrics"]
+    result = train_model.fn(workspace.root, "train", "em", "em", "r2",
+                            TrainStageConfig(train=cfg, unet=TINY, val_slices="4-4", report_slices="5-5"))
+    assert result.step == 2 and result.report_metrics["n_slices"] == 1
+    assert "v_rand_threshold" in result.best_metrics and result.preview is not None

@@ -91,8 +91,11 @@ def test_few_steps_reduce_loss_and_write_run_files(tmp_path: Path, inputs: Any) 
     assert model_cfg == TINY
     assert (tmp_path / "run" / "config.json").is_file()
     assert seen[-1][0] == 40 and seen[-1][1] == 40 and "v_rand" in seen[-1][2]
-    with pytest.raises(StoreExistsError, match="resume=True"):
-        train(ts, val, str(tmp_path / "run"), TINY, cfg)
+    # The same run again is the finished run (nothing to do); other settings are refused, naming them.
+    again = train(ts, val, str(tmp_path / "run"), TINY, cfg)
+    assert again.step == 40 and again.resumed_from == 40 and again.best_metrics == result.best_metrics
+    with pytest.raises(StoreExistsError, match=r"train\.lr: 0\.005 -> 0\.001.*--overwrite"):
+        train(ts, val, str(tmp_path / "run"), TINY, cfg.model_copy(update={"lr": 1e-3}))
 
 
 class Killed(Exception):

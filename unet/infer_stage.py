@@ -1,0 +1,96 @@
+"""The infer stage: a checkpoint over a whole volume → ``predictions/<name>.zarr``, without Prefect.
+
+Wraps :mod:`unet.inference` (prepare, run blocks, finish): in this process one stream over
+every pending block (draining the pipeline between groups would idle the device), or on
+a Dask cluster one task per group with a GPU each (:func:`storage.fanout.fan_out`). A
+re-run resumes an unfinished prediction made with the same model and config.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from storage.fanout import fan_out
+from storage.workspace import Workspace, is_path
+from unet.infer_config import InferConfig
+
+Progress = Callable[[int, int], None]
+
+
+class InferResult(BaseModel):
+    """Where the prediction is, what was run (blocks, voxels) and how fast."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prediction: str
+    voxels: int
+    blocks: int
+    blocks_run: int
+    seconds: float
+    voxels_per_s: float
+    model_sha256: str
+    shape: tuple[int, ...]
+    voxel_size_nm: tuple[float, ...]
+    levels: tuple[str, ...]
+
+
+def resolve_volume(workspace: Workspace, volume: str) -> str:
+    """A name in the workspace (``volumes/<name>.zarr``) or a path/URL to a volume."""
+    return volume if is_path(volume) else workspace.volume(volume)
+
+
+def default_name(volume_path: str) -> str:
+    return os.path.basename(volume_path.rstrip("/")).removesuffix(".zarr")
+
+
+def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferConfig, *,
+                output: str | None = None, overwrite: bool = False, client: Any = None,
+                progress: Progress | None = None) -> InferResult:
+    """Predict membrane probabilities (uint8) for ``volume`` (a workspace name or a path) into
+    ``predictions/<output>.zarr`` (default: the volume's name). ``progress(done, total)`` counts
+    blocks, those finished by an earlier run included. The model is loaded once before any
+    write, so a missing or corrupt checkpoint, or a tile that does not fit it, creates nothing."""
+    from unet.checkpoint import checkpoint_sha256
+    from unet.inference import finish_run, prepare_run, run_group
+    from unet.predictor import load_predictor
+
+    t0 = time.monotonic()
+    volume_path = resolve_volume(workspace, volume)
+    prediction_path = workspace.prediction(output or default_name(volume_path))
+    load_predictor(checkpoint, cfg)  # raises CheckpointError / ValueError before any write
+    sha = checkpoint_sha256(checkpoint)
+    run = prepare_run(volume_path, prediction_path, functools.partial(load_predictor, checkpoint, cfg), sha,
+                      cfg, overwrite=overwrite)
+    done = run.n_blocks - run.pending_blocks
+    if client is not None:
+        fan_out(run_group, run.groups, shared=(run.job,), client=client, progress=progress, done=done,
+                total=run.n_blocks, weight=lambda r: int(r["blocks"]),
+                submit={"resources": {"GPU": 1}, "retries": 2})
+    else:
+        lock, count = threading.Lock(), [done]
+
+        def one_done(_block: Any) -> None:
+            with lock:
+                count[0] += 1
+                if progress is not None:
+                    progress(count[0], run.n_blocks)
+
+        if progress is not None:
+            progress(done, run.n_blocks)
+        pending = [i for g in run.groups for i in g]
+        if pending:
+            run_group(run.job, pending, on_block=one_done)
+    summary = finish_run(prediction_path)
+    seconds = time.monotonic() - t0
+    return InferResult(prediction=prediction_path, voxels=run.voxels, blocks=run.n_blocks,
+                       blocks_run=run.pending_blocks, seconds=round(seconds, 3),
+                       voxels_per_s=run.voxels / seconds if seconds > 0 else 0.0, model_sha256=sha,
+                       shape=tuple(summary["shape"]), voxel_size_nm=tuple(summary["voxel_size_nm"]),
+                       levels=tuple(summary["levels"]))
