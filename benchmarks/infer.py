@@ -19,7 +19,8 @@ peak host RSS (sampled) and peak GPU memory. Generating the input volume is not 
 
 ``--cpu-proxy`` runs (d) and (e) alone on an 8 x 4672 x 4672 volume with the default geometry,
 alternating them ``--rounds`` times (best of each), and prints ``null_engine_voxels_per_s`` and
-``io_ceiling_voxels_per_s``.
+``io_ceiling_voxels_per_s``; (e) writes level 0 only, as the copy does, and is run once more with
+the default automatic pyramid (written block by block).
 """
 
 from __future__ import annotations
@@ -182,10 +183,12 @@ def cpu_proxy(args: argparse.Namespace) -> None:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    shape = (8, 4672, 4672)  # one default write block per slice
+    shape = (args.proxy_z, 4672, 4672)  # one default write block per slice
     src = work / "proxy-input.zarr"
     content = write_content(src, shape, args.content)
-    cfg = InferConfig(device="cpu")
+    # Like with like: the copy writes level 0 only, so (e) does too; the default automatic pyramid
+    # (written block by block) is measured once more at the end.
+    cfg = InferConfig(device="cpu", pyramid_levels=0)
     copies: dict[str, list[float]] = {lib: [] for lib in available_libraries()}
     engine: list[float] = []
     t0 = time.perf_counter()
@@ -194,6 +197,7 @@ def cpu_proxy(args: argparse.Namespace) -> None:
             for lib in copies:
                 copies[lib].append(block_copy(src, work / f"copy-{lib}.zarr", cfg, lib))
             engine.append(null_engine(src, work / "proxy-prediction.zarr", cfg))
+        with_pyramid = null_engine(src, work / "proxy-prediction.zarr", InferConfig(device="cpu"))
     best = {lib: max(v) for lib, v in copies.items()}
     ceiling_lib = max(best, key=lambda k: best[k])
     result = {
@@ -203,6 +207,7 @@ def cpu_proxy(args: argparse.Namespace) -> None:
         "block_shape": list(cfg.block_shape), "tile": list(cfg.tile), "overlap": list(cfg.overlap),
         "halo": list(cfg.halo), "blend": cfg.blend, "tile_efficiency": cfg.tile_efficiency(),
         "null_engine_voxels_per_s": max(engine), "null_engine_runs": engine,
+        "null_engine_with_default_pyramid_voxels_per_s": with_pyramid,
         "io_ceiling_voxels_per_s": best[ceiling_lib], "io_ceiling_library": ceiling_lib,
         "copy_voxels_per_s": copies,
         "engine_over_tensorstore_copy": max(engine) / best["tensorstore"],
@@ -253,6 +258,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-proxy", action="store_true", help="(d) and (e) only, default geometry, on the CPU")
     ap.add_argument("--rounds", type=int, default=3, help="--cpu-proxy: alternating rounds (best counts)")
+    ap.add_argument("--proxy-z", type=int, default=8, help="--cpu-proxy: slices of 4672² (one block each)")
     ap.add_argument("--content", choices=("isbi", "noise", "synthetic"), default="isbi",
                     help="input: a mosaic of ISBI 2012 slices (real EM; random bytes when the data is "
                          "absent), random bytes, or 16 synthetic slices cycled")

@@ -46,6 +46,8 @@ from storage.volume import (
 )
 
 LEDGER_NAME = "blocks_done"
+# Pyramid levels 1..n that the block writers fill themselves (the rest are built by finish()).
+BLOCKWISE_LEVELS_KEY = "blockwise_pyramid_levels"
 IDENTITY_KEY = "inference"
 
 
@@ -64,7 +66,7 @@ class PredictionStore:
 
     writer: VolumeWriter
     ledger: Ledger
-    _blocks: BlockArray | None = field(default=None, repr=False)
+    _blocks: dict[str, BlockArray] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -75,25 +77,43 @@ class PredictionStore:
     def identity(self) -> dict[str, Any]:
         return dict(self.writer.attrs.get(IDENTITY_KEY, {}))
 
-    def write_block(self, block: int, start: Sequence[int], data: np.ndarray) -> None:
-        """Write one block's probabilities (z, y, x uint8) at ``start``, then mark it done.
+    def write_block(self, block: int, start: Sequence[int], data: np.ndarray,
+                    pyramid: Sequence[np.ndarray] = ()) -> None:
+        """Write one block's probabilities (z, y, x uint8) at ``start``, and its downsampled
+        ``pyramid`` levels 1, 2, ... (each at ``start`` >> level in y, x), then mark it done.
 
         The flag is written after the data: a writer killed in between leaves the block
         pending, and a re-run rewrites the whole block (the same bytes).
         """
-        if data.dtype != np.uint8:
-            raise ValueError(f"prediction data must be uint8, got {data.dtype}")
-        if data.ndim != 3:
-            raise ValueError(f"data must be 3-D (z, y, x), got shape {data.shape}")
-        self._block_array().write(start, data)
+        for d in (data, *pyramid):
+            if d.dtype != np.uint8:
+                raise ValueError(f"prediction data must be uint8, got {d.dtype}")
+            if d.ndim != 3:
+                raise ValueError(f"data must be 3-D (z, y, x), got shape {d.shape}")
+        if len(pyramid) >= len(self.writer.levels):
+            raise ValueError(f"{len(pyramid)} pyramid levels given, the store has "
+                             f"{len(self.writer.levels) - 1}")
+        z0, y0, x0 = (int(s) for s in start)
+        for level, d in enumerate((data, *pyramid)):
+            self._block_array(self.writer.levels[level]).write((z0, y0 >> level, x0 >> level), d)
         self.ledger.mark_done(block)
 
-    def _block_array(self) -> BlockArray:
+    def _block_array(self, name: str = LEVEL0) -> BlockArray:
         # Whole shards at a time from several writer threads: storage.blockio's fast path.
         with self._lock:
-            if self._blocks is None:
-                self._blocks = BlockArray(self.path, LEVEL0, writable=True)
-            return self._blocks
+            if name not in self._blocks:
+                self._blocks[name] = BlockArray(self.path, name, writable=True)
+            return self._blocks[name]
+
+    def level_chunks(self) -> list[tuple[int, ...]]:
+        """The chunk (or shard) shape of each level, (z, y, x): what concurrent writers must align to."""
+        from storage.volume import group_array
+
+        out = []
+        for name in self.writer.levels:
+            arr = group_array(self.writer.group, name)
+            out.append(tuple(int(c) for c in (arr.shards or arr.chunks)))
+        return out
 
     def pending(self) -> list[int]:
         return self.ledger.pending()
@@ -104,8 +124,9 @@ class PredictionStore:
         if pending:
             raise StorageError(f"{self.path}: {len(pending)} blocks are not done yet (first: {pending[:5]}); "
                                "refusing to mark the prediction complete")
-        if len(self.writer.levels) > 1:
-            build_pyramid(self.writer, method="mean")
+        written = int(self.writer.attrs.get(BLOCKWISE_LEVELS_KEY, 0))  # levels the blocks wrote
+        if len(self.writer.levels) > 1 + written:
+            build_pyramid(self.writer, method="mean", first=written + 1)
         volume = self.writer.mark_complete()
         release_prediction_lock(self.path)
         return volume

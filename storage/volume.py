@@ -517,16 +517,18 @@ def open_volume_for_update(path: str | os.PathLike[str]) -> VolumeWriter:
     return VolumeWriter(p, group, _dense_writes(group[LEVEL0]))  # type: ignore[arg-type]
 
 
-def build_pyramid(writer: VolumeWriter, *, method: Literal["mean", "nearest"] = "mean") -> None:
-    """Fill levels s1.. from the level above, streaming with Dask (2x in y, x; z kept).
+def build_pyramid(writer: VolumeWriter, *, method: Literal["mean", "nearest"] = "mean",
+                  first: int = 1) -> None:
+    """Fill levels s<first>.. from the level above, streaming with Dask (2x in y, x; z kept).
 
-    ``mean`` suits images and probabilities, ``nearest`` (stride sampling) suits labels,
-    whose values must not be mixed.
+    ``mean`` (of each 2 x 2, rounded half to even for integers) suits images and probabilities,
+    ``nearest`` (stride sampling) suits labels, whose values must not be mixed. Levels below
+    ``first`` were written already (e.g. block by block, by inference).
     """
     import dask.array as da
 
     levels = writer.levels
-    for i in range(1, len(levels)):
+    for i in range(max(1, first), len(levels)):
         src_arr = group_array(writer.group, levels[i - 1])
         dst = group_array(writer.group, levels[i])
         src = da.from_zarr(src_arr, chunks=(src_arr.chunks[0], src_arr.chunks[1], src_arr.chunks[2]))

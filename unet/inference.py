@@ -26,7 +26,12 @@ import torch
 
 from storage.blockio import BlockArray
 from storage.intensity import UINT8_RANGE, scale_offset, volume_range
-from storage.prediction import PredictionStore, create_or_resume_prediction, open_prediction_for_blocks
+from storage.prediction import (
+    BLOCKWISE_LEVELS_KEY,
+    PredictionStore,
+    create_or_resume_prediction,
+    open_prediction_for_blocks,
+)
 from storage.volume import LEVEL0, open_volume
 from unet.blocks import Block, plan_blocks
 from unet.infer_config import InferConfig, fit_to_volume
@@ -47,7 +52,7 @@ from unet.streaming import (
     keep_freed_memory_for_reuse,
     stream_blocks,
 )
-from unet.tiling import BlockPredictor
+from unet.tiling import BlockPredictor, downsample_means
 
 Predictor = Callable[[torch.Tensor], Any]
 Progress = Callable[[int, int], None]
@@ -90,6 +95,8 @@ class InferJob:
     config: InferConfig
     # The input's raw values that map to 0 and 255 (storage.intensity: recorded at ingest).
     intensity_range: tuple[float, float] = UINT8_RANGE
+    # Pyramid levels each block writes itself (downsampled on the device), see blockwise_levels.
+    pyramid_levels: int = 0
 
     def plan(self, shape: Sequence[int]) -> list[Block]:
         cfg = self.config
@@ -141,11 +148,13 @@ def run_blocks(job: InferJob, source: BlockArray, store: PredictionStore, block_
     def read(block: Block) -> torch.Tensor:
         return transfer.stage(mirror_pad(source.read(block.read.slices), block))
 
-    def compute(block: Block, host: torch.Tensor) -> Callable[[], np.ndarray]:
-        return transfer.download(engine.uint8(transfer.upload(host), block))
+    def compute(block: Block, host: torch.Tensor) -> Callable[[], list[np.ndarray]]:
+        out = engine.uint8(transfer.upload(host), block)
+        return transfer.download([out, *downsample_means(out, job.pyramid_levels)])
 
-    def write(block: Block, result: Callable[[], np.ndarray]) -> None:
-        store.write_block(block.index, block.write.start, result())
+    def write(block: Block, result: Callable[[], list[np.ndarray]]) -> None:
+        level0, *pyramid = result()
+        store.write_block(block.index, block.write.start, level0, pyramid)
 
     return stream_blocks(todo, read, compute, write, prefetch=cfg.prefetch_blocks,
                          read_threads=cfg.read_threads, write_threads=cfg.write_threads,
@@ -216,8 +225,29 @@ def prepare_run(volume_path: str, prediction_path: str, predictor_factory: Calla
         overwrite=overwrite)
     pending = store.pending()
     groups = group_blocks(pending, cfg.groups_for(len(blocks)))
-    job = InferJob(volume_path, prediction_path, predictor_factory, cfg, intensity)
+    levels = blockwise_levels(volume.shape, cfg.block_shape, store.level_chunks())
+    store.writer.update_attrs(**{BLOCKWISE_LEVELS_KEY: levels})  # finish() builds only the rest
+    job = InferJob(volume_path, prediction_path, predictor_factory, cfg, intensity, levels)
     return PreparedRun(job, len(blocks), groups, int(np.prod(volume.shape)), len(pending))
+
+
+def blockwise_levels(shape: Sequence[int], block_shape: Sequence[int],
+                     level_chunks: Sequence[Sequence[int]]) -> int:
+    """How many pyramid levels the block writers can fill themselves: level L qualifies when, on
+    every axis that holds more than one block, each block's extent at that level (block >> L) is a
+    whole number of that level's chunks, so no two writers share a chunk. The rest are built from
+    the last such level once every block is done (a quarter of the data per level less)."""
+    n = 0
+    for level in range(1, len(level_chunks)):
+        axes = zip(shape, block_shape, level_chunks[level], strict=True)
+        for axis, (size, block, chunk) in enumerate(axes):
+            factor = 1 if axis == 0 else 1 << level  # z is kept
+            if block >= size:
+                continue  # one block spans the axis
+            if block % factor or (block // factor) % chunk:
+                return n
+        n = level
+    return n
 
 
 def finish_run(prediction_path: str) -> dict[str, Any]:

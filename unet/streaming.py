@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -185,24 +185,28 @@ class DeviceTransfer:
         dev.record_stream(compute)  # the allocator must not reuse it before compute is done
         return dev
 
-    def download(self, result: torch.Tensor) -> Callable[[], np.ndarray]:
-        """Queue ``result``'s copy to the host; the returned function waits for it and gives numpy."""
+    def download(self, results: Sequence[torch.Tensor]) -> Callable[[], list[np.ndarray]]:
+        """Queue the copies of ``results`` to the host; the returned function waits for them and
+        gives numpy arrays."""
         if not self.cuda:
-            array = result.numpy()
-            return lambda: array
+            arrays = [r.numpy() for r in results]
+            return lambda: arrays
         ready = torch.cuda.Event()
         ready.record(torch.cuda.current_stream(self.device))
         self._down.wait_event(ready)
+        hosts = []
         with torch.cuda.stream(self._down):
-            host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
-            host.copy_(result, non_blocking=True)
-            result.record_stream(self._down)
+            for result in results:
+                host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
+                host.copy_(result, non_blocking=True)
+                result.record_stream(self._down)
+                hosts.append(host)
             copied = torch.cuda.Event()
             copied.record(self._down)
 
-        def wait() -> np.ndarray:
+        def wait() -> list[np.ndarray]:
             copied.synchronize()
-            return host.numpy()
+            return [h.numpy() for h in hosts]
 
         return wait
 

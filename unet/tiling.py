@@ -261,6 +261,30 @@ class BlockPredictor:
         return out
 
 
+def downsample_means(out: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Levels 1..``levels`` of a uint8 block (z, y, x): each the 2 x 2 mean of the one above, rounded
+    half to even, odd edges dropped — exactly what :func:`storage.volume.build_pyramid` computes
+    for the whole volume, so a block aligned to 2**levels gives the same bytes."""
+    pyramid: list[torch.Tensor] = []
+    x = out
+    for _ in range(levels):
+        z, h, w = x.shape[0], x.shape[1] // 2, x.shape[2] // 2
+        if x.device.type == "cpu":  # integer sums of the four, rounded half to even: no float passes
+            a = x.numpy()
+            s = a[:, 0 : 2 * h : 2, 0 : 2 * w : 2].astype(np.uint16)
+            s += a[:, 0 : 2 * h : 2, 1 : 2 * w : 2]
+            s += a[:, 1 : 2 * h : 2, 0 : 2 * w : 2]
+            s += a[:, 1 : 2 * h : 2, 1 : 2 * w : 2]
+            q = s >> 2
+            r = s & 3
+            q += (r > 2) | ((r == 2) & (q & 1).astype(bool))
+            x = torch.from_numpy(q.astype(np.uint8))
+        else:
+            x = torch.nn.functional.avg_pool2d(x[:, None].float(), 2)[:, 0].round_().to(torch.uint8)
+        pyramid.append(x)
+    return pyramid
+
+
 def _owned_in_write(tile: Tile, write: Region) -> tuple[Region, Region]:
     """The part of a tile's owned region inside the write region: (in write coords, in tile coords)."""
     lo = tuple(max(a, c) for a, c in zip(tile.owned.start, write.start, strict=True))

@@ -301,3 +301,28 @@ def test_checkpoint_problems_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="bad.pt"):
         load_predictor(str(tmp_path / "bad.pt"), InferConfig())
+
+
+def test_blockwise_pyramid_equals_the_whole_volume_pyramid(tmp_path: Path) -> None:
+    """Levels written block by block (downsampled with each block) are the bytes build_pyramid
+    makes from the whole level 0; levels the blocks cannot own alone are built at the end."""
+    from storage.volume import build_pyramid, open_volume_for_update
+    from unet.inference import blockwise_levels
+
+    src = make_volume(tmp_path / "in.zarr", (2, 70, 61))
+    cfg = small_cfg(block_shape=(1, 32, 32), chunks=(1, 8, 8), pyramid_levels=3, blend="gaussian")
+    out = tmp_path / "pred.zarr"
+    infer_volume(src, str(out), IDENTITY, "affine", cfg)
+    pred = open_volume(out)
+    assert pred.attrs["blockwise_pyramid_levels"] == 2  # 32 >> 3 = 4 is half a level-3 chunk of 8
+    levels = [np.asarray(pred.level(i)[:]) for i in range(4)]
+    np.testing.assert_array_equal(levels[0], open_volume(src).read(slice(None)))
+    # The reference: the same level 0, pyramid built whole by build_pyramid.
+    ref = create_volume(tmp_path / "ref.zarr", (2, 70, 61), np.uint8, (40, 4, 4), chunks=(1, 8, 8),
+                        pyramid_levels=3)
+    ref.write(0, levels[0])
+    build_pyramid(open_volume_for_update(tmp_path / "ref.zarr"), method="mean")
+    for i in range(1, 4):
+        np.testing.assert_array_equal(levels[i], np.asarray(ref.level(i)[:]), err_msg=f"level {i}")
+    assert blockwise_levels((1, 9344, 9344), (1, 4672, 4672), [(1, 584, 584)] * 5) == 3
+    assert blockwise_levels((1, 4000, 4000), (1, 4672, 4672), [(1, 584, 584)] * 5) == 4  # one block
