@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The versions CI tests with (Python 3.12 alone would get newer zarr/ome-zarr releases).
 ../shared/tools/gpu-wheels.sh "zarr==3.1.6" "numcodecs==0.16.6" "dask[array,distributed]==2026.8.0" \
-  "pydantic==2.12.5" "ome-zarr==0.18.0" "tensorstore>=0.1.70"
+  "pydantic==2.12.5" "ome-zarr==0.18.0" "tensorstore>=0.1.70" "pytest>=8" "pytest-timeout>=2.3"
 # MONAI only for the comparison (c) of benchmarks/infer.py; its dependencies are on the image.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 -d .whl "monai>=1.3"
