@@ -268,7 +268,7 @@ def downsample_means(out: torch.Tensor, levels: int) -> list[torch.Tensor]:
     pyramid: list[torch.Tensor] = []
     x = out
     for _ in range(levels):
-        z, h, w = x.shape[0], x.shape[1] // 2, x.shape[2] // 2
+        h, w = x.shape[1] // 2, x.shape[2] // 2
         if x.device.type == "cpu":  # integer sums of the four, rounded half to even: no float passes
             a = x.numpy()
             s = a[:, 0 : 2 * h : 2, 0 : 2 * w : 2].astype(np.uint16)
