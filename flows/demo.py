@@ -19,6 +19,11 @@ if TYPE_CHECKING:  # importing the pipeline imports Prefect, which must wait for
 
 SYNTHETIC_SHAPE = (16, 256, 256)
 PREFECT_DIR = ".prefect"
+# Prefect's INFO lines (the temporary server's start and stop, every flow and task run's start and
+# end, the pipeline's step decisions) and its telemetry error on a closed network drown the demo's
+# summary, above all on a re-run that has nothing to do. The stages' own ``emseg.*`` messages
+# still show while they work. A user's own setting of either variable wins.
+QUIET_PREFECT = {"PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def use_workspace_prefect_home(workspace: str, environ: MutableMapping[str, str] = os.environ) -> str | None:
@@ -29,7 +34,16 @@ def use_workspace_prefect_home(workspace: str, environ: MutableMapping[str, str]
     if environ.get("PREFECT_HOME") or environ.get("PREFECT_API_URL"):
         return environ.get("PREFECT_HOME")
     environ["PREFECT_HOME"] = os.path.abspath(os.path.join(workspace, PREFECT_DIR))
+    os.makedirs(environ["PREFECT_HOME"], exist_ok=True)  # Prefect warns when it must create it itself
     return environ["PREFECT_HOME"]
+
+
+def quiet_prefect(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Lower Prefect's console logging to warnings for the demo (:data:`QUIET_PREFECT`), unless the
+    user set those variables: a re-run with nothing to do then prints only the summary. Call it
+    before Prefect is imported (Prefect configures its logging once, on import)."""
+    for key, value in QUIET_PREFECT.items():
+        environ.setdefault(key, value)
 
 
 def demo_name(isbi: bool) -> str:
@@ -72,6 +86,7 @@ def demo_params(workspace: str, source: str, labels: str, *, isbi: bool = False,
 
 def run_demo(workspace: str = "workspace", isbi_dir: str | None = None, steps: int = 300) -> dict[str, Any]:
     """Write (or find) the input stacks, run the pipeline, print where everything is."""
+    quiet_prefect()
     from flows.pipeline import pipeline_flow
 
     if isbi_dir:

@@ -100,7 +100,8 @@ def create_training_set(path: str | os.PathLike[str], n_samples: int,
     if n_samples < 1 or group_size < 1:
         raise ValueError(f"n_samples and group_size must be >= 1, got {n_samples}, {group_size}")
     if store_exists(p) and not overwrite:
-        raise StoreExistsError(f"{p} already exists; pass overwrite=True to replace it")
+        raise StoreExistsError(f"{p} already exists; pass "
+                               "--overwrite (overwrite=True from Python) to replace it")
     group = zarr.create_group(p, overwrite=True, zarr_format=3)
     meta: dict[str, Any] = {"complete": False}
     meta.update(attrs or {})

@@ -33,7 +33,8 @@ def write_synthetic_stack(out_dir: str | os.PathLike[str], spec: SyntheticSpec, 
     labels_path = os.path.join(root, f"{stem}_labels.tif") if with_labels else None
     for p in (image_path, labels_path):
         if p is not None and os.path.exists(p) and not overwrite:
-            raise StoreExistsError(f"{p} already exists; pass overwrite=True to replace it")
+            raise StoreExistsError(f"{p} already exists; pass "
+                                   "--overwrite (overwrite=True from Python) to replace it")
     vol = generate_volume(spec)
     _atomic_imwrite(image_path, vol.image)
     if labels_path is not None:

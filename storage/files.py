@@ -21,7 +21,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: 
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
     p = os.fspath(path)
     if not overwrite and os.path.exists(p):
-        raise StoreExistsError(f"{p} already exists; pass overwrite=True to replace it")
+        raise StoreExistsError(f"{p} already exists; pass "
+                               "--overwrite (overwrite=True from Python) to replace it")
     directory = os.path.dirname(p) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(p)}.", suffix=".tmp", dir=directory)
@@ -66,6 +67,23 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
 def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:
     """Start a metric log afresh with ``records`` (atomically replacing any earlier log)."""
     atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+
+
+def remove_partial_writes(store: str | os.PathLike[str]) -> list[str]:
+    """Remove the ``*.partial`` files a killed writer left inside a local Zarr store; returns them.
+
+    zarr's local store writes each object to ``<key>.<uuid>.partial`` and renames it into place;
+    a kill between the two leaves the temporary file, which no re-run rewrites. Call only while
+    no one writes the store (under its lock, before a resumed run starts writing), so a resumed
+    store ends with the files of an uninterrupted one.
+    """
+    root = os.fspath(store)
+    if "://" in root and not root.startswith("file://"):
+        return []
+    found = [os.path.join(d, f) for d, _, files in os.walk(root.removeprefix("file://"))
+             for f in files if f.endswith(".partial")]
+    remove_files(*found)
+    return found
 
 
 def remove_files(*paths: str | os.PathLike[str]) -> None:

@@ -44,7 +44,8 @@ class Decision:
         """Raise :class:`StoreExistsError` naming ``path`` and the flag that fixes it on refuse."""
         if self.action == "refuse":
             raise StoreExistsError(f"{path} exists and was made from other inputs or parameters "
-                                   f"({self.reason}); pass overwrite=True (--overwrite) to replace it")
+                                   f"({self.reason}); pass "
+                                   "--overwrite (overwrite=True from Python) to replace it")
         return self
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from storage import locks
 from storage.blockio import BlockArray
 from storage.errors import StorageError, StoreExistsError, StoreNotFoundError, writing
+from storage.files import remove_partial_writes
 from storage.ledger import Ledger
 from storage.volume import (
     LEVEL0,
@@ -204,12 +205,14 @@ def _create_or_resume(p: str, shape: Sequence[int], voxel_size: VoxelSize | Sequ
             existing = open_volume(p, require_complete=False)
         except StoreNotFoundError as e:
             raise StoreExistsError(f"{p} exists but is not a prediction volume; "
-                                   "pass overwrite=True to replace it") from e
+                                   "pass --overwrite (overwrite=True from Python) to replace it") from e
         if existing.attrs.get("kind") != "prediction":
             raise StoreExistsError(f"{p} exists and is a {existing.attrs.get('kind')!r} volume, "
-                                   "not a prediction; pass overwrite=True to replace it")
+                                   "not a prediction; pass "
+                                   "--overwrite (overwrite=True from Python) to replace it")
         if existing.is_complete:
-            raise StoreExistsError(f"{p} is a complete prediction already; pass overwrite=True to replace it")
+            raise StoreExistsError(f"{p} is a complete prediction already; pass "
+                                   "--overwrite (overwrite=True from Python) to replace it")
         found = _normalised(existing.attrs.get(IDENTITY_KEY, {}))
         if found != ident or list(existing.shape) != [int(s) for s in shape]:
             diff = sorted(k for k in set(found) | set(ident) if found.get(k) != ident.get(k))
@@ -217,7 +220,8 @@ def _create_or_resume(p: str, shape: Sequence[int], voxel_size: VoxelSize | Sequ
             raise PredictionMismatchError(
                 f"{p} is an unfinished prediction started with another model or other parameters "
                 f"({details or 'shape ' + str(existing.shape)}); resume with the same ones, or pass "
-                "overwrite=True to start again")
+                "--overwrite (overwrite=True from Python) to start again")
+        remove_partial_writes(p)  # a killed writer's unfinished objects: the same files as a whole run
         writer = open_volume_for_update(p)
         ledger = (Ledger.open(writer.group, LEDGER_NAME) if LEDGER_NAME in writer.group
                   else Ledger.create(writer.group, n_blocks, LEDGER_NAME))

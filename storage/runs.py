@@ -9,19 +9,87 @@
 A run folder exists (with a ``checkpoint-best.pt``) from its first validation on, so the
 folder alone cannot say whether training finished; ``complete.json`` can. The training
 stage removes it when a run (re)starts and writes it after everything else, atomically.
+
+:class:`TrainingRun` is the handle the training loop (``unet/``) writes through: it names
+the folder's files and reads and writes the JSON ones; checkpoints are serialised by
+``unet.checkpoint`` (storage never imports torch) and written to the paths named here.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from storage.errors import StoreNotFoundError
-from storage.files import remove_files, write_json
+from storage.files import append_jsonl, read_json, read_jsonl, remove_files, write_json, write_jsonl
 
 COMPLETE_FILE = "complete.json"
 BEST_CHECKPOINT = "checkpoint-best.pt"
+LAST_CHECKPOINT = "checkpoint-last.pt"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A training run folder ``models/<run>/`` (a local path) and the files in it."""
+
+    path: str
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def last_checkpoint(self) -> str:
+        return self._file(LAST_CHECKPOINT)
+
+    @property
+    def best_checkpoint(self) -> str:
+        return self._file(BEST_CHECKPOINT)
+
+    @property
+    def metrics_log(self) -> str:
+        return self._file(METRICS_FILE)
+
+    @property
+    def config_file(self) -> str:
+        return self._file(CONFIG_FILE)
+
+    def has_last(self) -> bool:
+        return os.path.exists(self.last_checkpoint)
+
+    def has_best(self) -> bool:
+        return os.path.exists(self.best_checkpoint)
+
+    def read_config(self) -> Any:
+        """``config.json`` as written, or None when there is none."""
+        return read_json(self.config_file) if os.path.exists(self.config_file) else None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json(self.config_file, config)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record to ``metrics.jsonl``."""
+        append_jsonl(self.metrics_log, record)
+
+    def start_log(self, records: list[dict[str, Any]]) -> None:
+        """Start ``metrics.jsonl`` afresh with ``records``."""
+        write_jsonl(self.metrics_log, records)
+
+    def read_log(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_log)
+
+    def remove_checkpoints(self) -> None:
+        """Drop an earlier run's checkpoints (a new or replacing run starts)."""
+        remove_files(self.last_checkpoint, self.best_checkpoint)
+
+    def clear_complete(self) -> None:
+        clear_run_complete(self.path)
+
+    def mark_complete(self, **record: Any) -> None:
+        mark_run_complete(self.path, **record)
 
 
 def clear_run_complete(run_dir: str | os.PathLike[str]) -> None:

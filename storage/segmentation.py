@@ -34,6 +34,7 @@ import numpy as np
 import zarr
 
 from storage.errors import StorageError, StoreExistsError, StoreNotFoundError
+from storage.files import remove_partial_writes
 from storage.ledger import Ledger
 from storage.volume import (
     Volume,
@@ -145,8 +146,9 @@ class SegmentationStore:
             if pending:
                 raise StorageError(f"{self.path}: {len(pending)} blocks have no {what} yet (first: "
                                    f"{pending[:5]}); refusing to mark the segmentation complete")
-        if WORK in self.writer.group:
-            del self.writer.group[WORK]
+        # The work arrays go last, just before the completion mark: a run killed while the
+        # pyramid is built still has them, and one killed after they went resumes to finish
+        # (only the ledgers are needed for that).
         if len(self.writer.levels) > 1:
             build_pyramid(self.writer, method="nearest")
         label_meta: dict[str, Any] = {"version": "0.5"}
@@ -156,7 +158,13 @@ class SegmentationStore:
         self.writer.group.attrs["ome"] = {**ome, "image-label": label_meta}
         if attrs:
             self.writer.update_attrs(**attrs)
+        del self.writer.group[WORK]  # by prefix: also what a kill mid-deletion left
         return self.writer.mark_complete()
+
+    @property
+    def only_finish_left(self) -> bool:
+        """Every block's seeds and cells are written (the work arrays may be gone already)."""
+        return self.seeds_ledger.all_done() and self.labels_ledger.all_done()
 
 
 def _relative(target: str, store: str) -> str:
@@ -192,14 +200,15 @@ def create_or_resume_segmentation(
         try:
             existing = open_volume(p, require_complete=False)
         except StoreNotFoundError as e:
-            raise StoreExistsError(f"{p} exists but is not a segmentation; pass overwrite=True to "
-                                   "replace it") from e
+            raise StoreExistsError(f"{p} exists but is not a segmentation; pass "
+                                   "--overwrite (overwrite=True from Python) to replace it") from e
         if existing.attrs.get("kind") != KIND:
             raise StoreExistsError(f"{p} exists and is a {existing.attrs.get('kind')!r} volume, not a "
-                                   "segmentation; pass overwrite=True to replace it")
+                                   "segmentation; pass "
+                                   "--overwrite (overwrite=True from Python) to replace it")
         if existing.is_complete:
-            raise StoreExistsError(f"{p} is a complete segmentation already; pass overwrite=True to "
-                                   "replace it")
+            raise StoreExistsError(f"{p} is a complete segmentation already; pass "
+                                   "--overwrite (overwrite=True from Python) to replace it")
         found = _normalised(existing.attrs.get(IDENTITY_KEY, {}))
         if found != ident or list(existing.shape) != [int(s) for s in shape]:
             diff = sorted(k for k in set(found) | set(ident) if found.get(k) != ident.get(k))
@@ -207,16 +216,17 @@ def create_or_resume_segmentation(
             raise SegmentationMismatchError(
                 f"{p} is an unfinished segmentation started from another source or with other parameters "
                 f"({details or 'shape ' + str(existing.shape)}); resume with the same ones, or pass "
-                "overwrite=True to start again")
+                "--overwrite (overwrite=True from Python) to start again")
+        remove_partial_writes(p)  # a killed writer's unfinished objects: the same files as a whole run
         writer = open_volume_for_update(p)
-        if WORK not in writer.group:
-            raise StorageError(f"{p} is an unfinished segmentation without its work arrays; pass "
-                               "overwrite=True to start again")
         store = SegmentationStore(writer, Ledger.open(writer.group, SEEDS_LEDGER),
                                   Ledger.open(writer.group, LABELS_LEDGER))
         if store.seeds_ledger.n_units != n_blocks:
             raise SegmentationMismatchError(f"{p} has a ledger of {store.seeds_ledger.n_units} blocks, "
                                             f"expected {n_blocks}")
+        if WORK not in writer.group and not store.only_finish_left:
+            raise StorageError(f"{p} is an unfinished segmentation without its work arrays; pass "
+                               "--overwrite (overwrite=True from Python) to start again")
         return store
 
     kind: Any = KIND  # storage.volume types the kinds it names itself; a segmentation is a new one
@@ -234,12 +244,15 @@ def create_or_resume_segmentation(
 def open_segmentation_for_blocks(path: str | os.PathLike[str]) -> SegmentationStore:
     """Re-open an unfinished segmentation created by a coordinator, for a worker to write blocks."""
     writer = open_volume_for_update(path)
-    if writer.attrs.get("kind") != KIND or WORK not in writer.group:
+    if writer.attrs.get("kind") != KIND or SEEDS_LEDGER not in writer.group:
         raise StoreNotFoundError(f"{writer.path} is not an unfinished segmentation store")
     if writer.is_complete:
         raise StoreExistsError(f"{writer.path} is already complete; nothing to write")
-    return SegmentationStore(writer, Ledger.open(writer.group, SEEDS_LEDGER),
-                             Ledger.open(writer.group, LABELS_LEDGER))
+    store = SegmentationStore(writer, Ledger.open(writer.group, SEEDS_LEDGER),
+                              Ledger.open(writer.group, LABELS_LEDGER))
+    if WORK not in writer.group and not store.only_finish_left:
+        raise StoreNotFoundError(f"{writer.path} is an unfinished segmentation without its work arrays")
+    return store
 
 
 def open_segmentation(path: str | os.PathLike[str]) -> Volume:

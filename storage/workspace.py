@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -36,6 +37,34 @@ def is_path(value: str) -> bool:
     """Whether a stage argument is a path or URL (contains a separator or ends in .zarr) rather
     than a name in the workspace."""
     return value.rstrip("/").endswith(".zarr") or "/" in value or os.sep in value
+
+
+def store_name(path: str) -> str:
+    """The name of a store from its path or URL: ``.../volumes/em.zarr/`` -> ``em``."""
+    return os.path.basename(path.rstrip("/")).removesuffix(".zarr")
+
+
+def store_key(path: Any) -> Any:
+    """A store path as compared between runs: local paths resolved (a relative workspace
+    given from another folder is the same store), URLs as written; non-strings as given."""
+    if not isinstance(path, str) or "://" in path.removeprefix("file://"):
+        return path
+    return os.path.realpath(path.removeprefix("file://"))
+
+
+def same_store(a: Any, b: Any) -> bool:
+    """Whether two paths or URLs name the same store (local paths resolved; not strings: False)."""
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    a, b = (p.removeprefix("file://").rstrip("/") for p in (a, b))
+    if "://" in a or "://" in b:
+        return a == b
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def same_local_path(a: str, b: str) -> bool:
+    """Whether two paths are the same once made absolute (trailing slashes ignored)."""
+    return os.path.abspath(a.rstrip("/")) == os.path.abspath(b.rstrip("/"))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ re-run resumes an unfinished prediction made with the same model and config.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from storage.fanout import fan_out
-from storage.workspace import Workspace, is_path
+from storage.workspace import Workspace, is_path, store_name
 from unet.infer_config import InferConfig
 
 Progress = Callable[[int, int], None]
@@ -47,7 +46,7 @@ def resolve_volume(workspace: Workspace, volume: str) -> str:
 
 
 def default_name(volume_path: str) -> str:
-    return os.path.basename(volume_path.rstrip("/")).removesuffix(".zarr")
+    return store_name(volume_path)
 
 
 def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferConfig, *,

@@ -1,7 +1,7 @@
 """Logits → membrane probability, the one place it is written.
 
 The U-Net emits one logit (a sigmoid gives membrane) or N class logits (a softmax; training
-makes class 1 membrane for N > 1, see :func:`unet.train.segmentation_loss`). Training's loss,
+makes class 1 membrane for N > 1, see :func:`unet.trainer.segmentation_loss`). Training's loss,
 validation, previews and blockwise inference all call :func:`membrane_probability`, so a
 2-class model is read the same way everywhere.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-TRAINING_MEMBRANE_CLASS = 1  # the class the loss of unet.train calls membrane when n_classes > 1
+TRAINING_MEMBRANE_CLASS = 1  # the class the loss of unet.trainer calls membrane when n_classes > 1
 
 
 def membrane_channel(n_classes: int, membrane_class: int | None = None) -> int:

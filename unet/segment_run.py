@@ -19,7 +19,6 @@ group of them through a picklable :class:`SegmentJob`. Axes (z, y, x), sizes in 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from storage.segmentation import (
     open_segmentation_for_blocks,
 )
 from storage.volume import Volume, open_volume
+from storage.workspace import same_local_path
 from unet.segment import grow, label_seeds, seed_mask
 from unet.segment_blocks import CAP, SegPlan, face_pairs, face_planes, merge_seeds, plan_segment_blocks
 from unet.segment_config import SegmentConfig
@@ -84,7 +84,7 @@ def prepare(probability: str, segmentation: str, config: SegmentConfig, overwrit
             ) -> SegmentRun:
     """Check the source, then create (or resume) the segmentation store; returns what is pending."""
     cfg = config
-    if os.path.abspath(probability.rstrip("/")) == os.path.abspath(segmentation.rstrip("/")):
+    if same_local_path(probability, segmentation):
         raise ValueError(f"the segmentation {segmentation} would overwrite its own source")
     src = open_probability(probability)
     job = SegmentJob(probability, segmentation, cfg)
@@ -163,8 +163,11 @@ def label_blocks(job: SegmentJob, block_ids: Sequence[int], on_block: Callable[[
     store = open_segmentation_for_blocks(job.segmentation)
     if not store.merged:
         raise RuntimeError(f"{job.segmentation}: seeds are not merged yet; run merge() first")
+    done = store.labels_ledger.done_mask()
+    if all(done[i] for i in block_ids):  # nothing to do (the table may be gone: only finish() is left)
+        return 0
     keys, values = store.read_lut()
-    plan, done = job.plan(src.shape), store.labels_ledger.done_mask()
+    plan = job.plan(src.shape)
     dtype = np.dtype(job.config.dtype)
     ran = 0
     for i in block_ids:

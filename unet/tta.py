@@ -1,7 +1,7 @@
 """Test-time augmentation: the views of the dihedral group D4 and the average over them.
 
 One implementation for blockwise inference (:class:`unet.predictor.ModelPredictor`) and
-training's validation (:func:`unet.train.predict_slices`). Tensors are (B, C, H, W); a view
+training's validation (:func:`unet.slice_prediction.predict_slices`). Tensors are (B, C, H, W); a view
 acts on the last two axes. D4 has 8 elements: the 4 rotations by k * 90°, each with or
 without a flip of x::
 

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 _PR_SET_PDEATHSIG = 1
@@ -99,3 +100,62 @@ def iter_kill_points(seed: int, total: int, n: int) -> Iterator[int]:
     edges = np.linspace(1, total - 1, n + 1)
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         yield int(rng.integers(int(lo), max(int(lo) + 1, int(hi))))
+
+
+class Outcome:
+    """What one kill-and-run-again test saw: kills made, re-runs that continued (reached the next
+    kill point, or finished with exit 0), and whether the outputs equal an uninterrupted run's."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage, self.kills, self.continued = stage, 0, 0
+        self.identical: bool | None = None
+        self.compared = ""  # what was compared with the uninterrupted run
+        self.final: subprocess.CompletedProcess[str] | None = None
+
+    def as_row(self) -> dict[str, object]:
+        return {"stage": self.stage, "kills": self.kills, "continued": self.continued,
+                "identical": self.identical, "compared": self.compared}
+
+
+def kill_and_run_again(commands: Commands, args: list[str], stage: str,
+                       points: list[tuple[Callable[[], Callable[[], bool]], str]], log: Path,
+                       after_kill: Callable[[], None] | None = None, timeout: float = 300,
+                       poll_s: float = 0.01) -> Outcome:
+    """Start ``args``, SIGKILL its process group at each point, start it again; then run it to the end.
+
+    ``points`` holds ``(make_ready, what)``: ``make_ready()`` is called just before the command
+    starts and returns the condition that triggers the kill. ``after_kill()`` runs between a
+    kill and the next start (e.g. the next stage refuses what the killed command left). A
+    re-run that is refused ends before its kill point: AssertionError naming its exit code,
+    with the command's output in ``log``.
+    """
+    outcome = Outcome(stage)
+    for i, (make_ready, what) in enumerate(points):
+        ready = make_ready()
+        proc = commands.start(args, log=log)
+        try:
+            commands.kill_when(proc, ready, what, timeout=timeout, poll_s=poll_s)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- output of the runs so far:\n{log.read_text()}") from e
+        outcome.kills += 1
+        outcome.continued += i > 0  # the run after the previous kill got this far
+        if after_kill is not None:
+            after_kill()
+    outcome.final = commands.run(args, timeout=timeout)
+    outcome.continued += outcome.final.returncode == 0
+    return outcome
+
+
+def summary_table(rows: list[dict[str, object]]) -> str:
+    """The markdown table of :class:`Outcome` rows: stage, kills, continued, identical (and what)."""
+    lines = ["| stage | kills | continued | identical | compared |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        identical = {True: "yes", False: "no", None: "not compared"}[r["identical"]]  # type: ignore[index]
+        lines.append(f"| {r['stage']} | {r['kills']} | {r['continued']} of {r['kills']} | {identical} "
+                     f"| {r.get('compared', '')} |")
+    return "\n".join(lines)
+
+
+def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Paths whose digests differ between two :func:`tree_digests`, or that only one holds."""
+    return sorted(p for p in a.keys() | b.keys() if a.get(p) != b.get(p))

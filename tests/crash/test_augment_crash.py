@@ -4,6 +4,7 @@ its bytes do not depend on thread counts, BLAS kernels or the CPU's SIMD feature
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from storage.errors import IncompleteStoreError
 from storage.synthetic import SyntheticSpec, generate_volume
 from storage.volume import create_volume
 from storage.workspace import Workspace
-from tests.crash.harness import Commands, command_env, iter_kill_points, tree_digests
+from tests.crash.harness import Commands, Outcome, command_env, iter_kill_points, tree_digests
 
 pytestmark = pytest.mark.slow
 GROUPS, GROUP_SIZE = 60, 4
@@ -42,7 +43,8 @@ def groups_done(ws: Workspace, dataset: str) -> int:
     return len(os.listdir(ledger)) if ledger.is_dir() else 0
 
 
-def test_killed_augment_runs_again_to_the_uninterrupted_bytes(tmp_path: Path, commands: Commands) -> None:
+def test_killed_augment_runs_again_to_the_uninterrupted_bytes(tmp_path: Path, commands: Commands,
+                                                              record: Callable[[Outcome], None]) -> None:
     ws = make_workspace(tmp_path / "ws")
     whole = commands.run(augment_args(ws, "whole"))
     assert whole.returncode == 0, whole.stdout + whole.stderr
@@ -57,9 +59,14 @@ def test_killed_augment_runs_again_to_the_uninterrupted_bytes(tmp_path: Path, co
         with pytest.raises(IncompleteStoreError, match="incomplete"):
             open_training_set(ws.dataset("killed"))
     again = commands.run(augment_args(ws, "killed"))
+    outcome = Outcome("augment")
+    outcome.kills, outcome.continued = len(kills), len(kills) - 1 + (again.returncode == 0)
+    outcome.identical = tree_digests(Path(ws.dataset("killed"))) == tree_digests(Path(ws.dataset("whole")))
+    outcome.compared = "every file of datasets/<name>.zarr"
+    record(outcome)
     assert again.returncode == 0, again.stdout + again.stderr + log.read_text()
 
-    assert tree_digests(Path(ws.dataset("killed"))) == tree_digests(Path(ws.dataset("whole")))
+    assert outcome.identical
 
 
 def test_augment_bytes_do_not_depend_on_threads_blas_or_cpu_features(tmp_path: Path,

@@ -5,6 +5,7 @@ refused naming the differing fields and the flag that overrides."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from storage.files import read_jsonl
 from storage.workspace import Workspace
-from tests.crash.harness import Commands, iter_kill_points, tree_digests
+from tests.crash.harness import Commands, Outcome, iter_kill_points, tree_digests
 from tests.crash.test_augment_crash import augment_args, make_workspace
 from unet.checkpoint import load_checkpoint
 
@@ -43,7 +44,8 @@ def losses(ws: Workspace, run: str) -> dict[int, float]:
             if r["kind"] == "train"}
 
 
-def test_killed_training_runs_again_to_identical_parameters(tmp_path: Path, commands: Commands) -> None:
+def test_killed_training_runs_again_to_identical_parameters(tmp_path: Path, commands: Commands,
+                                                            record: Callable[[Outcome], None]) -> None:
     ws = make_workspace(tmp_path / "ws")
     made = commands.run(augment_args(ws, "set", 4))
     assert made.returncode == 0, made.stdout + made.stderr
@@ -51,14 +53,30 @@ def test_killed_training_runs_again_to_identical_parameters(tmp_path: Path, comm
     assert whole.returncode == 0, whole.stdout + whole.stderr
 
     log = tmp_path / "killed.log"
+    outcome = Outcome("train")
     for k in iter_kill_points(seed=15, total=STEPS, n=3):
         proc = commands.start(train_args(ws, "killed"), log=log)
         commands.kill_when(proc, lambda k=k: last_logged_step(ws, "killed") >= k, f"step {k}")
         ckpt = Path(ws.model_dir("killed")) / "checkpoint-last.pt"
         assert not ckpt.exists() or load_checkpoint(ckpt)["step"] < STEPS
+        outcome.continued += outcome.kills > 0
+        outcome.kills += 1
     again = commands.run(train_args(ws, "killed"))
-    assert again.returncode == 0, again.stdout + again.stderr + log.read_text()
+    outcome.continued += again.returncode == 0
+    outcome.compared = "checkpoint-best.pt bytes; checkpoint-last.pt tensors and states; losses"
+    try:
+        assert again.returncode == 0, again.stdout + again.stderr + log.read_text()
+        _assert_same_run(ws)
+        outcome.identical = True
+    except AssertionError:
+        outcome.identical = False
+        raise
+    finally:
+        record(outcome)
+    _assert_refused_with_the_flag(commands, ws)
 
+
+def _assert_same_run(ws: Workspace) -> None:
     killed, uninterrupted = Path(ws.model_dir("killed")), Path(ws.model_dir("whole"))
     assert tree_digests(killed)["checkpoint-best.pt"] == tree_digests(uninterrupted)["checkpoint-best.pt"]
     # checkpoint-last.pt: the same tensors and states (its bytes may differ in pickle memo layout:
@@ -76,6 +94,8 @@ def test_killed_training_runs_again_to_identical_parameters(tmp_path: Path, comm
     config = json.loads((killed / "config.json").read_text())
     assert config["deterministic"] is True and "bit for bit" in config["reproducibility"]
 
+
+def _assert_refused_with_the_flag(commands: Commands, ws: Workspace) -> None:
     # Other settings: refused, naming the field and the command-line flag (no Python keyword).
     other = commands.run(train_args(ws, "killed", {**CONFIG, "lr": 0.002}))
     assert other.returncode == 2

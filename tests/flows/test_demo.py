@@ -58,3 +58,28 @@ def test_demo_command_sets_prefect_home_before_prefect_reads_its_settings(tmp_pa
     assert not loaded
     assert home == str(tmp_path / "ws" / ".prefect")
     assert str(tmp_path / "ws" / ".prefect") in db
+
+
+def test_demo_quiets_prefects_info_logs_unless_the_user_set_a_level(tmp_path):
+    # A re-run of the demo with nothing to do must print only the summary (issue 14): Prefect's
+    # per-run INFO lines are lowered to warnings before Prefect configures its logging.
+    from flows.demo import quiet_prefect
+
+    env: dict[str, str] = {}
+    quiet_prefect(env)
+    assert env == {"PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    mine = {"PREFECT_LOGGING_LEVEL": "DEBUG"}
+    quiet_prefect(mine)
+    assert mine["PREFECT_LOGGING_LEVEL"] == "DEBUG"
+    code = ("import logging, flows.demo\n"
+            "flows.demo.quiet_prefect()\n"
+            "import prefect.logging.configuration as c\n"
+            "c.setup_logging()\n"
+            "print(logging.getLogger('prefect.flow_runs').getEffectiveLevel(),"
+            " logging.getLogger('prefect.task_runs').getEffectiveLevel())\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PREFECT_LOGGING")}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert [int(v) for v in out.stdout.split()[-2:]] == [30, 30]  # logging.WARNING

@@ -99,10 +99,10 @@ def test_kill_while_creating_is_resumed_by_the_same_command(tmp_path: Path, mome
     src = _stack(tmp_path / "in" / "s.tif", _image())
     out = tmp_path / "ws" / "v.zarr"
     # The writer process dies (os._exit: no cleanup, like SIGKILL) at ``moment`` of creating the store.
-    target = "_write_ome_metadata" if moment == "before_metadata" else "_publish"
+    target = "write_ome_metadata" if moment == "before_metadata" else "_publish"
     result = _python(f"""
         import os
-        import storage.volume as v
+        import storage.volume_create as v
         from storage.ingest import IngestConfig, ingest
         real = v.{target}
         def dying(*a, **k):

@@ -50,7 +50,7 @@ def test_pyramid_is_2x2_mean_in_yx(tmp_path: Path) -> None:
 def test_refuses_overwrite_unless_asked(tmp_path: Path) -> None:
     path = tmp_path / "v.zarr"
     _complete_volume(path, np.ones((2, 16, 16), np.uint8), levels=0)
-    with pytest.raises(StoreExistsError, match="already exists; pass overwrite=True"):
+    with pytest.raises(StoreExistsError, match="already exists; pass --overwrite"):
         create_volume(path, (2, 16, 16), "uint8", (1, 1, 1))
     assert open_volume(path).read(slice(None)).sum() == 2 * 16 * 16
     writer = create_volume(path, (3, 8, 8), "float32", (1, 1, 1), overwrite=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import unet.train as train_mod
+import unet.trainer as trainer_mod
 from storage.dataset import TrainingSet, create_training_set
 from storage.errors import ShapeMismatchError, StoreExistsError
 from storage.files import read_jsonl
@@ -132,7 +132,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path, inputs: Any) -> No
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, inputs: Any,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     ts, val = inputs
-    real = train_mod.segmentation_loss
+    real = trainer_mod.segmentation_loss
     calls = {"n": 0}
 
     def nan_after_3(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -140,7 +140,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, inputs: A
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 3 else loss
 
-    monkeypatch.setattr(train_mod, "segmentation_loss", nan_after_3)
+    monkeypatch.setattr(trainer_mod, "segmentation_loss", nan_after_3)
     cfg = TrainConfig(steps=10, batch_size=2, crop=32, val_every=100, checkpoint_every=2, log_every=2)
     with pytest.raises(TrainingDivergedError, match=r"loss became nan.*checkpoint-last.pt \(step 2\)"):
         train(ts, val, str(tmp_path / "run"), TINY, cfg)
