@@ -25,6 +25,11 @@ CONFIG = TrainConfig(steps=8, batch_size=2, crop=32, val_every=8, checkpoint_eve
 _CHILD = textwrap.dedent(
     """
     import sys, time
+    import torch
+    # The same intra-op thread count as the parent: CPU convolutions reduce in a thread-dependent
+    # order, and a Dask nanny started in the parent earlier may have set OMP_NUM_THREADS=1 in the
+    # environment this child inherits. Bit-identical resume holds for equal thread counts.
+    torch.set_num_threads(int(sys.argv[2]))
     from storage.dataset import open_training_set
     from storage.volume import open_volume
     from tests.unet.test_train_kill import CONFIG, MODEL
@@ -49,7 +54,8 @@ def test_sigkilled_training_resumes_to_identical_parameters(tmp_path: Path) -> N
     image, labels = make_validation(tmp_path)
     val = ValidationData.from_volumes(image, labels, (0, 2))
     root = Path(__file__).resolve().parents[2]
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], cwd=root,
+    threads = str(torch.get_num_threads())
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), threads], cwd=root,
                              stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(root)})
     try:
