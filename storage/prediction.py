@@ -20,7 +20,6 @@ replaced unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Sequence
@@ -32,8 +31,8 @@ import numpy as np
 from storage import locks
 from storage.blockio import BlockArray
 from storage.errors import StorageError, StoreExistsError, StoreNotFoundError, writing
-from storage.files import remove_partial_writes
 from storage.ledger import Ledger
+from storage.resumable import check_resumable, normalised
 from storage.volume import (
     LEVEL0,
     Volume,
@@ -41,7 +40,6 @@ from storage.volume import (
     VoxelSize,
     build_pyramid,
     create_volume,
-    open_volume,
     open_volume_for_update,
     store_exists,
 )
@@ -54,11 +52,6 @@ IDENTITY_KEY = "inference"
 
 class PredictionMismatchError(StorageError, ValueError):
     """An unfinished prediction exists but was started with another model or other parameters."""
-
-
-def _normalised(identity: dict[str, Any]) -> dict[str, Any]:
-    # Round-trip through JSON so tuples and lists (and int/float keys) compare as stored.
-    return json.loads(json.dumps(identity, sort_keys=True))
 
 
 @dataclass
@@ -186,7 +179,7 @@ def create_or_resume_prediction(
     itself first with :func:`storage.locks.store_lock`; holds are re-entrant per process.
     """
     p = os.fspath(path)
-    ident = _normalised(identity)
+    ident = normalised(identity)
     hold_prediction_lock(p)
     try:
         with writing(p):
@@ -201,27 +194,9 @@ def _create_or_resume(p: str, shape: Sequence[int], voxel_size: VoxelSize | Sequ
                       chunks: Sequence[int], shards: Sequence[int], n_blocks: int, ident: dict[str, Any],
                       pyramid_levels: int, overwrite: bool) -> PredictionStore:
     if store_exists(p) and not overwrite:
-        try:
-            existing = open_volume(p, require_complete=False)
-        except StoreNotFoundError as e:
-            raise StoreExistsError(f"{p} exists but is not a prediction volume; "
-                                   "pass --overwrite (overwrite=True from Python) to replace it") from e
-        if existing.attrs.get("kind") != "prediction":
-            raise StoreExistsError(f"{p} exists and is a {existing.attrs.get('kind')!r} volume, "
-                                   "not a prediction; pass "
-                                   "--overwrite (overwrite=True from Python) to replace it")
-        if existing.is_complete:
-            raise StoreExistsError(f"{p} is a complete prediction already; pass "
-                                   "--overwrite (overwrite=True from Python) to replace it")
-        found = _normalised(existing.attrs.get(IDENTITY_KEY, {}))
-        if found != ident or list(existing.shape) != [int(s) for s in shape]:
-            diff = sorted(k for k in set(found) | set(ident) if found.get(k) != ident.get(k))
-            details = "; ".join(f"{k}: stored {found.get(k)!r}, asked {ident.get(k)!r}" for k in diff[:6])
-            raise PredictionMismatchError(
-                f"{p} is an unfinished prediction started with another model or other parameters "
-                f"({details or 'shape ' + str(existing.shape)}); resume with the same ones, or pass "
-                "--overwrite (overwrite=True from Python) to start again")
-        remove_partial_writes(p)  # a killed writer's unfinished objects: the same files as a whole run
+        check_resumable(p, kind="prediction", noun="prediction", identity_key=IDENTITY_KEY, identity=ident,
+                        shape=shape, mismatch=PredictionMismatchError,
+                        started_with="with another model or other parameters")
         writer = open_volume_for_update(p)
         ledger = (Ledger.open(writer.group, LEDGER_NAME) if LEDGER_NAME in writer.group
                   else Ledger.create(writer.group, n_blocks, LEDGER_NAME))

@@ -24,7 +24,6 @@ store resumes only with the same identity (else :class:`SegmentationMismatchErro
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ import numpy as np
 import zarr
 
 from storage.errors import StorageError, StoreExistsError, StoreNotFoundError
-from storage.files import remove_partial_writes
 from storage.ledger import Ledger
+from storage.resumable import check_resumable, normalised
 from storage.volume import (
     Volume,
     VolumeWriter,
@@ -56,10 +55,6 @@ SEEDS_LEDGER, LABELS_LEDGER, WORK = "seeds_done", "labels_done", "work"
 
 class SegmentationMismatchError(StorageError, ValueError):
     """An unfinished segmentation exists but was started from another source or other parameters."""
-
-
-def _normalised(identity: dict[str, Any]) -> dict[str, Any]:
-    return cast(dict[str, Any], json.loads(json.dumps(identity, sort_keys=True)))
 
 
 @dataclass
@@ -193,31 +188,13 @@ def create_or_resume_segmentation(
     ``overwrite``), SegmentationMismatchError for an unfinished one of another identity.
     """
     p = os.fspath(path)
-    ident = _normalised(identity)
+    ident = normalised(identity)
     if np.dtype(dtype) not in (np.dtype(np.uint32), np.dtype(np.uint64)):
         raise ValueError(f"label dtype must be uint32 or uint64, got {dtype}")
     if store_exists(p) and not overwrite:
-        try:
-            existing = open_volume(p, require_complete=False)
-        except StoreNotFoundError as e:
-            raise StoreExistsError(f"{p} exists but is not a segmentation; pass "
-                                   "--overwrite (overwrite=True from Python) to replace it") from e
-        if existing.attrs.get("kind") != KIND:
-            raise StoreExistsError(f"{p} exists and is a {existing.attrs.get('kind')!r} volume, not a "
-                                   "segmentation; pass "
-                                   "--overwrite (overwrite=True from Python) to replace it")
-        if existing.is_complete:
-            raise StoreExistsError(f"{p} is a complete segmentation already; pass "
-                                   "--overwrite (overwrite=True from Python) to replace it")
-        found = _normalised(existing.attrs.get(IDENTITY_KEY, {}))
-        if found != ident or list(existing.shape) != [int(s) for s in shape]:
-            diff = sorted(k for k in set(found) | set(ident) if found.get(k) != ident.get(k))
-            details = "; ".join(f"{k}: stored {found.get(k)!r}, asked {ident.get(k)!r}" for k in diff[:6])
-            raise SegmentationMismatchError(
-                f"{p} is an unfinished segmentation started from another source or with other parameters "
-                f"({details or 'shape ' + str(existing.shape)}); resume with the same ones, or pass "
-                "--overwrite (overwrite=True from Python) to start again")
-        remove_partial_writes(p)  # a killed writer's unfinished objects: the same files as a whole run
+        check_resumable(p, kind=KIND, noun="segmentation", identity_key=IDENTITY_KEY, identity=ident,
+                        shape=shape, mismatch=SegmentationMismatchError,
+                        started_with="from another source or with other parameters")
         writer = open_volume_for_update(p)
         store = SegmentationStore(writer, Ledger.open(writer.group, SEEDS_LEDGER),
                                   Ledger.open(writer.group, LABELS_LEDGER))
