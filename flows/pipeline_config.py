@@ -17,24 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from storage.ingest_config import IngestConfig
 from storage.workspace import check_name
 from unet.augment import AugmentConfig
+from unet.evaluate_stage import EvaluateConfig
 from unet.infer_config import InferConfig
-from unet.labels import Polarity
-from unet.metrics import DEFAULT_THRESHOLDS
 from unet.model import UNetConfig
 from unet.segment_config import SegmentConfig
 from unet.split import parse_slice_range, parse_slices
 from unet.train import TrainConfig
 
-
-class EvaluateSettings(BaseModel):
-    """How predictions are scored (ISBI 2012 pixel error, V_rand, V_info)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    polarity: Polarity = Field("zero_is_membrane", description="Which label value is membrane "
-                               "(ISBI 2012: zero_is_membrane, 255 = cell interior).")
-    thresholds: tuple[float, ...] = Field(DEFAULT_THRESHOLDS, description="Membrane-probability thresholds "
-                                          "tried for V_rand / V_info (the best is reported).")
+# The pipeline's scoring settings are the evaluate stage's own config (one model, one form).
+EvaluateSettings = EvaluateConfig
 
 
 # Only the form of the slices is checked here; the pipeline checks them against the stack's depth

@@ -22,17 +22,14 @@ import numpy as np
 import zarr
 
 from storage.errors import StoreNotFoundError
+from storage.zarr_store import _is_local
 
 Backend = Literal["auto", "tensorstore", "zarr"]
-_LOCAL_PREFIX = "file://"
 
 
 def _local_path(path: str) -> str | None:
-    if "://" not in path:
-        return os.path.abspath(path)
-    if path.startswith(_LOCAL_PREFIX):
-        return os.path.abspath(path.removeprefix(_LOCAL_PREFIX))
-    return None
+    """The file-system path of a local store (plain or ``file://``), None for other URLs."""
+    return os.path.abspath(path.removeprefix("file://")) if _is_local(path) else None
 
 
 def tensorstore_available() -> bool:
