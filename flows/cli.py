@@ -7,9 +7,11 @@ is given. Imports are lazy: ``emseg ingest`` never imports torch, and no command
 Prefect before its inputs are checked. ``demo``, ``pipeline`` and ``nightly`` always run
 their flows (on Prefect's temporary local server without ``PREFECT_API_URL``).
 
-The commands live in :mod:`flows.cli_stages` (ingest, infer, augment, train, evaluate,
-segment), :mod:`flows.cli_services` (view, pipeline, nightly, setup, demo) and
+The commands live in :mod:`flows.cli_stages` (ingest, infer, augment, train, evaluate),
+:mod:`flows.cli_segment`, :mod:`flows.cli_services` (view, pipeline, nightly, setup, demo) and
 :mod:`flows.cli_export`; they are added to ``app`` here, in the order ``--help`` lists them.
+Options shared by several commands (``--workspace`` and its old spelling ``--out``) are in
+:mod:`flows.cli_options`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import os
 
 import typer
 
+from flows.cli_segment import segment
 from flows.cli_services import demo, nightly, pipeline, setup, view
-from flows.cli_stages import augment, evaluate, infer, ingest, segment, train
+from flows.cli_stages import augment, evaluate, infer, ingest, train
 from storage.errors import StorageError, is_permanent_os_error
 
 __all__ = ["USER_ERRORS", "app", "augment", "demo", "evaluate", "export", "infer", "ingest", "main",

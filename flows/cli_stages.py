@@ -1,4 +1,4 @@
-"""``emseg`` stage commands: ingest, infer, augment, train, evaluate, segment.
+"""``emseg`` stage commands: ingest, infer, augment, train, evaluate (segment: :mod:`flows.cli_segment`).
 
 Each checks its inputs first (headers only, :mod:`flows.preflight`), then runs the stage
 function in this process under a progress bar (:mod:`flows.direct`) when no Prefect server
@@ -11,25 +11,31 @@ from __future__ import annotations
 
 import typer
 
+from flows.cli_options import check_polarity, out_alias, parse_thresholds, workspace_root
 from flows.direct import PREFECT_HELP, run_stage, use_prefect
 
 
 def ingest(
     sources: list[str] = typer.Argument(..., help="TIFF stack: one file (multi-page, BigTIFF, OME-TIFF, "
                                         "ImageJ), a folder or glob of single-slice TIFFs, or several files."),
-    out: str = typer.Option("workspace", "--out", help="Workspace root; writes volumes/<name>.zarr."),
+    workspace: str = typer.Option("workspace", "--workspace", help="Workspace root; writes "
+                                  "volumes/<name>.zarr."),
     name: str = typer.Option(..., "--name", help="Volume name."),
     voxel_size: tuple[float, float, float] | None = typer.Option(
         None, "--voxel-size", help="Voxel size Z Y X in nm (overrides the file's metadata; without either, "
         "1 nm is recorded for the unknown axes, with a warning)."),
     labels: list[str] | None = typer.Option(None, "--labels", help="Label stack (same forms as SRC; repeat "
                                             "the option for several files); writes labels/<name>.zarr."),
+    label_polarity: str = typer.Option("zero_is_membrane", "--label-polarity", "--polarity", help="Which "
+                                       "label value is membrane: zero_is_membrane (ISBI 2012: 0 = membrane, "
+                                       "255 = cell interior) or nonzero_is_membrane."),
     channel: int | None = typer.Option(None, "--channel", help="Channel to keep from RGB/multichannel "
                                        "images."),
     compression: str = typer.Option("zstd", help="zstd, blosc or none."),
     pyramid_levels: int = typer.Option(0, help="Extra 2x-downsampled levels for viewers."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
+    out: str | None = out_alias(),
 ) -> None:
     """Ingest a TIFF stack (and its labels) into OME-Zarr volumes in the workspace."""
     from flows.cli_output import print_ingest
@@ -37,23 +43,28 @@ def ingest(
     from storage.ingest_stage import ingest_stage, plan_stage
     from storage.workspace import Workspace
 
+    workspace = workspace_root(workspace, out, "workspace")
+    ws = Workspace(workspace)
     cfg = IngestConfig(voxel_size=voxel_size, channel=channel, compression=compression,  # type: ignore[arg-type]
-                       pyramid_levels=pyramid_levels, overwrite=overwrite)
+                       pyramid_levels=pyramid_levels, overwrite=overwrite,
+                       label_polarity=check_polarity(label_polarity))  # type: ignore[arg-type]
     if use_prefect(prefect):
-        plan_stage(sources, Workspace(out), name, cfg, labels)  # headers checked before the server starts
+        plan_stage(sources, ws, name, cfg, labels)  # headers checked before the server starts
         from flows.ingest import ingest_flow
 
-        result = ingest_flow(sources=sources, workspace=out, name=name, labels=labels or None, config=cfg)
+        result = ingest_flow(sources=sources, workspace=workspace, name=name, labels=labels or None,
+                             config=cfg)
     else:
         result = run_stage("ingest", "slabs",
-                           lambda p: ingest_stage(sources, Workspace(out), name, cfg, labels or None, p))
+                           lambda p: ingest_stage(sources, ws, name, cfg, labels or None, p))
     print_ingest(result, warn=use_prefect(prefect))
 
 
 def infer(
     volume: str = typer.Argument(..., help="Volume name in the workspace, or path to an OME-Zarr volume."),
     model: str = typer.Option(..., "--model", help="Checkpoint (.pt) to run."),
-    out: str = typer.Option("./workspace", "--out", help="Workspace root; writes predictions/<name>.zarr."),
+    workspace: str = typer.Option("./workspace", "--workspace", help="Workspace root; writes "
+                                  "predictions/<name>.zarr."),
     name: str | None = typer.Option(None, "--name", help="Prediction name (default: the volume's name)."),
     tile: int | None = typer.Option(None, help="Square tile size in pixels (multiple of 2**(depth-1)); "
                                     "default 2560, shrunk to small volumes."),
@@ -68,26 +79,32 @@ def infer(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model (CUDA only)."),
     dask_address: str | None = typer.Option(None, "--dask", help="Dask scheduler address (tcp://host:8786)."),
+    allow_voxel_size_mismatch: bool = typer.Option(False, "--allow-voxel-size-mismatch", help="Predict even "
+                                                   "when the volume's voxel size (y, x) differs from the "
+                                                   "model's training voxel size by more than 10 %."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing prediction."),
     prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
+    out: str | None = out_alias(),
 ) -> None:
     """Predict membrane probabilities for VOLUME with a trained model, blockwise and resumably."""
     from flows.preflight import require_checkpoint, require_named
     from storage.workspace import Workspace
     from unet.infer_config import InferConfig
 
-    require_named(Workspace(out), "volumes", volume)
+    workspace = workspace_root(workspace, out, "./workspace")
+    require_named(Workspace(workspace), "volumes", volume)
     require_checkpoint(model)
 
     given = {"tile": tile and (tile, tile), "overlap": overlap is not None and (overlap, overlap),
              "halo": halo is not None and (0, halo, halo), "batch_size": batch_size, "blend": blend,
              "pyramid_levels": pyramid_levels}
     cfg = InferConfig(tta=tta, device=device, compile=compile_model,  # type: ignore[arg-type]
+                      allow_voxel_size_mismatch=allow_voxel_size_mismatch,
                       **{k: v for k, v in given.items() if v is not None and v is not False})
     if use_prefect(prefect):
         from flows.infer import infer_flow
 
-        result = infer_flow(workspace=out, volume=volume, checkpoint=model, output=name, config=cfg,
+        result = infer_flow(workspace=workspace, volume=volume, checkpoint=model, output=name, config=cfg,
                             dask_address=dask_address, overwrite=overwrite)
     else:
         from tasks.cluster import cluster
@@ -95,7 +112,7 @@ def infer(
 
         with cluster(dask_address) as client:
             result = run_stage("infer", "blocks", lambda p: infer_stage(
-                Workspace(out), volume, model, cfg, output=name, overwrite=overwrite, client=client,
+                Workspace(workspace), volume, model, cfg, output=name, overwrite=overwrite, client=client,
                 progress=p))
     typer.echo(result.model_dump_json(indent=2))
 
@@ -211,6 +228,8 @@ def evaluate(
     run: str = typer.Option(..., help="Report name: writes reports/<run>/metrics.json."),
     workspace: str = typer.Option("workspace", help="Workspace root."),
     polarity: str = typer.Option("zero_is_membrane", help="zero_is_membrane (ISBI) or nonzero_is_membrane."),
+    thresholds: str | None = typer.Option(None, help="Membrane thresholds swept, comma-separated numbers in "
+                                          "[0, 1] (default 0.0,0.1,...,1.0), e.g. 0.1,0.2,0.3."),
     segmentation: str | None = typer.Option(None, help="Cell labels to score too (V_rand, V_info): a name "
                                             "(segmentations/<name>.zarr) or path."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report of this run made from "
@@ -224,7 +243,9 @@ def evaluate(
     from unet.evaluate_stage import EvaluateConfig, evaluate_stage
 
     ws = Workspace(workspace)
-    cfg = EvaluateConfig(polarity=polarity)  # type: ignore[arg-type]  # pydantic names a bad value
+    swept = parse_thresholds(thresholds)
+    cfg = EvaluateConfig(polarity=polarity,  # type: ignore[arg-type]  # pydantic names a bad value
+                         **({"thresholds": swept} if swept is not None else {}))
     if prediction is None and segmentation is None:
         raise ValueError("evaluate needs --prediction, --segmentation, or both")
     require_named(ws, "labels", labels)
@@ -235,54 +256,11 @@ def evaluate(
         from flows.evaluate import evaluate_flow
 
         result = evaluate_flow(workspace=workspace, prediction=prediction, labels=labels,
-                               polarity=cfg.polarity, run=run, segmentation=segmentation, overwrite=overwrite)
+                               polarity=cfg.polarity, run=run, segmentation=segmentation, overwrite=overwrite,
+                               thresholds=cfg.thresholds)
     else:
         result = run_stage("evaluate", "slices", lambda p: evaluate_stage(
             ws, labels, run, cfg, prediction=prediction, segmentation=segmentation, progress=p,
             overwrite=overwrite))
     print_scores(result)
 
-
-def segment(
-    probability: str = typer.Argument(..., help="Membrane probability volume (uint8 0..255): a prediction "
-                                      "name, a volume name, or a path to an OME-Zarr volume."),
-    workspace: str = typer.Option("workspace", "--workspace", help="Workspace root; writes "
-                                  "segmentations/<name>.zarr."),
-    name: str | None = typer.Option(None, "--name", help="Segmentation name (default: the probability's)."),
-    threshold: float = typer.Option(0.5, help="Membrane probability below which pixels seed cells."),
-    seed_distance: float = typer.Option(0.0, help="Seeds only farther than this from membrane (pixels)."),
-    min_seed_size: int = typer.Option(0, help="Drop seed components smaller than this (voxels)."),
-    link_slices: bool = typer.Option(False, "--link-slices", help="One ID per cell through z (seeds "
-                                     "overlapping between slices are joined)."),
-    block: tuple[int, int, int] = typer.Option((8, 1024, 1024), "--block", help="Block size Z Y X (voxels)."),
-    halo: int = typer.Option(32, help="Context read around each block in y, x (pixels)."),
-    pyramid_levels: int | None = typer.Option(None, help="Extra 2x-downsampled levels for viewers "
-                                              "(default: until a level fits in 1024 x 1024)."),
-    dask_address: str | None = typer.Option(None, "--dask", help="Dask scheduler address (tcp://host:8786)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing segmentation."),
-    prefect: bool = typer.Option(False, "--prefect", help=PREFECT_HELP),
-) -> None:
-    """Cell labels from membrane probabilities: seeded watershed, blockwise with global IDs, resumable."""
-    from flows.preflight import require_volume
-    from storage.workspace import Workspace
-    from unet.segment_config import SegmentConfig
-    from unet.segment_stage import resolve_probability, segment_stage
-
-    ws = Workspace(workspace)
-    require_volume(resolve_probability(ws, probability))
-
-    cfg = SegmentConfig(threshold=threshold, seed_distance=seed_distance, min_seed_size=min_seed_size,
-                        link_slices=link_slices, block_shape=block, halo=(halo, halo),
-                        pyramid_levels=pyramid_levels)
-    if use_prefect(prefect):
-        from flows.segment import segment_flow
-
-        result = segment_flow(workspace=workspace, probability=probability, name=name, config=cfg,
-                              dask_address=dask_address, overwrite=overwrite)
-    else:
-        from tasks.cluster import cluster
-
-        with cluster(dask_address) as client:
-            result = run_stage("segment", "block passes", lambda p: segment_stage(
-                ws, probability, cfg, name=name, overwrite=overwrite, client=client, progress=p))
-    typer.echo(result.model_dump_json(indent=2))

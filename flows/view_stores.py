@@ -40,16 +40,20 @@ class Store:
         return tuple(n * v for n, v in zip(self.shape, self.voxel_size, strict=True))  # type: ignore[return-value]
 
 
-def _kind_of(vol: Volume) -> str:
+def _kind_of(vol: Volume, folder: str | None = None) -> str:
     kind = vol.attrs.get("kind")
     if kind in KIND_FOLDER:
         return str(kind)
-    # An OME-Zarr volume from elsewhere: an image-label is a segmentation, anything else an image.
-    return "segmentation" if "image-label" in group_attr(vol.group, "ome") else "image"
+    # An OME-Zarr volume from elsewhere: an image-label holds binary membrane labels when it
+    # records a label polarity or lies in a workspace's labels/, cell IDs otherwise; anything
+    # else is an image.
+    if "image-label" not in group_attr(vol.group, "ome"):
+        return "image"
+    return "label" if "label_polarity" in vol.attrs or folder == "labels" else "segmentation"
 
 
 def _store(vol: Volume, root: str, folder: str | None) -> Store:
-    kind = _kind_of(vol)
+    kind = _kind_of(vol, folder)
     name = os.path.basename(vol.path.rstrip("/")).removesuffix(".zarr")
     return Store(path=vol.path, layer=f"{folder or KIND_FOLDER[kind]}/{name}", kind=kind,
                  dtype=str(vol.dtype), shape=vol.shape, voxel_size=vol.voxel_size.as_tuple(),

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from storage.errors import IncompleteStoreError, StoreExistsError, StoreNotFoundError
+from storage.errors import IncompleteStoreError, StorageError, StoreExistsError, StoreNotFoundError
 from storage.ledger import Ledger
-from storage.volume import group_array, group_attr, store_exists
+from storage.volume import group_array, group_attr, open_volume, store_exists
 
 ARRAYS = {"image": "uint8", "label": "uint8", "weight": "float16"}
 
@@ -138,3 +138,18 @@ def open_training_set(path: str | os.PathLike[str]) -> TrainingSet:
 def resume_training_set(path: str | os.PathLike[str]) -> TrainingSet:
     """Re-open a (possibly incomplete) training set read-write to finish pending groups."""
     return _open(path, "r+")
+
+
+def source_voxel_size(training_set: TrainingSet) -> dict[str, Any] | None:
+    """What a checkpoint records of the data its model was trained on: the path, voxel size
+    (``voxel_size_nm``, z, y, x) and placeholder axes (``voxel_size_unknown``) of the image volume
+    ``training_set`` was made from; None when it records no source or the source cannot be opened."""
+    image = (training_set.attrs.get("sources") or {}).get("image")
+    if not isinstance(image, str):
+        return None
+    try:
+        volume = open_volume(image, require_complete=False)
+    except (StorageError, OSError, ValueError):
+        return None
+    return {"image": image, "voxel_size_nm": list(volume.voxel_size.as_tuple()),
+            "voxel_size_unknown": list(volume.attrs.get("voxel_size_unknown", []))}

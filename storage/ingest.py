@@ -38,6 +38,7 @@ from storage.ingest_labels import LabelCheck, LabelsRefusedError
 from storage.ingest_plan import UNKNOWN_VOXEL_NM, IngestPlan, Sources, plan_ingest, plan_pair
 from storage.intensity import range_for
 from storage.locks import store_lock
+from storage.ome import write_image_label
 from storage.tiff import SlabReader
 from storage.volume import (
     Kind,
@@ -133,13 +134,15 @@ def run_plan(plan: IngestPlan, progress: Progress | None = None) -> Volume:
                 counts, (lo, hi) = _write_slabs(plan, writer, progress)
                 if plan.kind == "image":  # how every stage maps these values to 0..255
                     writer.update_attrs(intensity_range=list(range_for(plan.source.dtype, lo, hi)))
+                check = LabelCheck(plan.path, str(plan.source.files[0]), plan.config.label_polarity)
                 if plan.kind == "label":
-                    values = LabelCheck(plan.path, str(plan.source.files[0]),
-                                        plan.config.label_polarity).finish(counts)
+                    values = check.finish(counts)
                     writer.update_attrs(label_values=values)
                 if plan.config.pyramid_levels:
                     # Labels must not be averaged: nearest keeps their values.
                     build_pyramid(writer, method="nearest" if plan.kind == "label" else "mean")
+                if plan.kind == "label":  # an OME-Zarr image-label of the image, each value named
+                    write_image_label(writer.group, plan.path, plan.image_path, check.properties(values))
                 return writer.mark_complete()
         except (OutputWriteError, LabelsRefusedError):
             # Nothing half-written stays on a full disk, nor a copy of labels no stage may use.

@@ -42,6 +42,12 @@ class LabelCheck:
             self._refuse_values([int(v) for v in values], f" (slices {z0}..{z1})")
         return {int(v): int(c) for v, c in zip(values, n, strict=True)}
 
+    def properties(self, values: list[int]) -> list[dict[str, Any]]:
+        """The OME ``image-label`` properties of binary membrane labels: what each value means."""
+        membrane = (lambda v: v == 0) if self.polarity == "zero_is_membrane" else (lambda v: v != 0)
+        return [{"label-value": int(v), "class": "membrane" if membrane(v) else "cell interior"}
+                for v in values]
+
     def finish(self, counts: dict[int, int]) -> list[int]:
         """Check the whole stack's value counts; returns its values (sorted)."""
         values = sorted(counts)

@@ -63,6 +63,7 @@ class IngestPlan:
         self.source, self.path, self.config, self.kind = source, path, config, kind
         self.voxel_size = voxel_size
         self.voxel_unknown = voxel_unknown  # axes whose size no one gave: 1 nm is a placeholder
+        self.image_path: str | None = None  # for labels: the image they label (OME image-label source)
         self.chunks, self.shards, self.slab_z = _layout(source.shape, config)
         self.attrs: dict[str, Any] = {
             "sources": source.fingerprint(),
@@ -124,5 +125,6 @@ def plan_pair(image_sources: Sources, label_sources: Sources, image_path: str | 
         raise InputError(f"image and labels cannot be written to the same path {image_path}")
     label_plan = plan_ingest(label_sources, label_path, config, kind="label",
                              voxel_size=image_plan.voxel_size, expected_shape=image_plan.source.shape)
+    label_plan.image_path = image_plan.path
     return image_plan, label_plan
 

@@ -71,3 +71,26 @@ def write_ome_metadata(group: zarr.Group, voxel_size: VoxelSize, n_levels: int, 
         axes=[{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
         name=name,
     )
+
+
+def write_image_label(group: zarr.Group, store: str, source: str | None = None,
+                      properties: Sequence[dict[str, Any]] = ()) -> None:
+    """Add NGFF 0.5 ``image-label`` metadata to the multiscale image ``group`` (at ``store``), so
+    napari and ome-zarr-py open it as labels. ``source``: the image it labels (recorded relative
+    to ``store``); ``properties``: one dict per label value (``{"label-value": v, ...}``)."""
+    meta: dict[str, Any] = {"version": "0.5"}
+    if source is not None:
+        meta["source"] = {"image": _relative(source, store)}
+    if properties:
+        meta["properties"] = [dict(p) for p in properties]
+    ome: Any = group.attrs.get("ome") or {}
+    group.attrs["ome"] = {**dict(ome), "image-label": meta}
+
+
+def _relative(target: str, store: str) -> str:
+    """``target`` as a path relative to ``store`` (URLs as given)."""
+    import os
+
+    if "://" in target or "://" in store:
+        return target
+    return os.path.relpath(os.path.abspath(target), os.path.abspath(store))

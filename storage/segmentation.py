@@ -34,6 +34,7 @@ import zarr
 
 from storage.errors import StorageError, StoreExistsError, StoreNotFoundError
 from storage.ledger import Ledger
+from storage.ome import write_image_label
 from storage.resumable import check_resumable, normalised
 from storage.volume import (
     Volume,
@@ -42,7 +43,6 @@ from storage.volume import (
     build_pyramid,
     create_volume,
     group_array,
-    group_attr,
     open_volume,
     open_volume_for_update,
     store_exists,
@@ -146,11 +146,7 @@ class SegmentationStore:
         # (only the ledgers are needed for that).
         if len(self.writer.levels) > 1:
             build_pyramid(self.writer, method="nearest")
-        label_meta: dict[str, Any] = {"version": "0.5"}
-        if source is not None:
-            label_meta["source"] = {"image": _relative(source, self.path)}
-        ome = group_attr(self.writer.group, "ome")
-        self.writer.group.attrs["ome"] = {**ome, "image-label": label_meta}
+        write_image_label(self.writer.group, self.path, source)
         if attrs:
             self.writer.update_attrs(**attrs)
         del self.writer.group[WORK]  # by prefix: also what a kill mid-deletion left
@@ -160,12 +156,6 @@ class SegmentationStore:
     def only_finish_left(self) -> bool:
         """Every block's seeds and cells are written (the work arrays may be gone already)."""
         return self.seeds_ledger.all_done() and self.labels_ledger.all_done()
-
-
-def _relative(target: str, store: str) -> str:
-    if "://" in target or "://" in store:
-        return target
-    return os.path.relpath(os.path.abspath(target), os.path.abspath(store))
 
 
 def create_or_resume_segmentation(

@@ -11,6 +11,13 @@ loading one runs no code)::
     scheduler     LR-scheduler state_dict (optional)
     step          training steps done
     extra         JSON-like dict (metrics, RNG states as uint8 tensors, ...)
+    membrane_class  the output channel trained as membrane (0 for a single sigmoid logit)
+    training_data   what the model was trained on (optional): ``voxel_size_nm`` (z, y, x) of the
+                  training set's source volume, ``voxel_size_unknown`` (axes whose 1 nm is a
+                  placeholder) and ``image`` (that volume's path)
+
+Checkpoints written before ``membrane_class`` and ``training_data`` existed load as before:
+inference then takes training's membrane class and checks no voxel size.
 
 Serialisation happens here (into bytes); writing happens in :mod:`storage.files`, which
 writes atomically, so a killed run leaves the previous complete checkpoint behind.
@@ -31,6 +38,7 @@ from pydantic import ValidationError
 
 from storage.errors import StoreNotFoundError
 from storage.files import atomic_write_bytes, read_bytes
+from unet.membrane import membrane_channel
 from unet.model import UNet, UNetConfig
 
 FORMAT = "emseg-unet-checkpoint"
@@ -52,7 +60,8 @@ def _plain_state_dict(module_or_state: Any) -> dict[str, Any]:
 
 def checkpoint_bytes(model: torch.nn.Module | Mapping[str, torch.Tensor], config: UNetConfig, *,
                      optimizer: Any = None, scheduler: Any = None, step: int = 0,
-                     extra: dict[str, Any] | None = None) -> bytes:
+                     extra: dict[str, Any] | None = None,
+                     training_data: Mapping[str, Any] | None = None) -> bytes:
     """Serialise a checkpoint to bytes (see the module docstring for the layout)."""
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -61,7 +70,10 @@ def checkpoint_bytes(model: torch.nn.Module | Mapping[str, torch.Tensor], config
         "model": _plain_state_dict(model),
         "step": int(step),
         "extra": extra or {},
+        "membrane_class": membrane_channel(config.n_classes),  # the class training's loss calls membrane
     }
+    if training_data is not None:
+        payload["training_data"] = dict(training_data)
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
@@ -73,9 +85,11 @@ def checkpoint_bytes(model: torch.nn.Module | Mapping[str, torch.Tensor], config
 
 def save_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module | Mapping[str, torch.Tensor],
                     config: UNetConfig, *, optimizer: Any = None, scheduler: Any = None, step: int = 0,
-                    extra: dict[str, Any] | None = None) -> None:
+                    extra: dict[str, Any] | None = None,
+                    training_data: Mapping[str, Any] | None = None) -> None:
     """Write a checkpoint atomically (temp file + rename): readers never see a torn file."""
-    data = checkpoint_bytes(model, config, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
+    data = checkpoint_bytes(model, config, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra,
+                            training_data=training_data)
     atomic_write_bytes(path, data)
 
 
@@ -105,17 +119,34 @@ def config_from_checkpoint(payload: dict[str, Any], path: str = "<checkpoint>") 
         raise CheckpointError(f"{path} has no valid model config: {e}") from e
 
 
-def load_model(path: str | os.PathLike[str],
-               map_location: str | torch.device = "cpu") -> tuple[UNet, UNetConfig]:
-    """Build the UNet stored in a checkpoint, in eval mode, on ``map_location``."""
-    p = os.fspath(path)
-    payload = load_checkpoint(p, map_location)
-    config = config_from_checkpoint(payload, p)
+def recorded_membrane_class(payload: dict[str, Any]) -> int | None:
+    """The channel a checkpoint says was trained as membrane; None for checkpoints older than that."""
+    value = payload.get("membrane_class")
+    return int(value) if isinstance(value, int) else None
+
+
+def recorded_training_data(payload: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says its model was trained on (``voxel_size_nm``, ...); {} if nothing."""
+    value = payload.get("training_data")
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def model_from_payload(payload: dict[str, Any], path: str = "<checkpoint>") -> tuple[UNet, UNetConfig]:
+    """The UNet of a loaded checkpoint (on the device its tensors were loaded to, train mode)."""
+    config = config_from_checkpoint(payload, path)
     model = UNet(config)
     try:
         model.load_state_dict(payload["model"])
     except (KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{p}: weights do not match its model config: {e}") from e
+        raise CheckpointError(f"{path}: weights do not match its model config: {e}") from e
+    return model, config
+
+
+def load_model(path: str | os.PathLike[str],
+               map_location: str | torch.device = "cpu") -> tuple[UNet, UNetConfig]:
+    """Build the UNet stored in a checkpoint, in eval mode, on ``map_location``."""
+    p = os.fspath(path)
+    model, config = model_from_payload(load_checkpoint(p, map_location), p)
     return model.to(map_location).eval(), config
 
 

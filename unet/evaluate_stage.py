@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from storage.errors import ShapeMismatchError
 from storage.files import check_report_target, write_json
 from storage.volume import open_volume
 from storage.workspace import Workspace, is_path
 from unet.labels import Polarity, check_labels, membrane_mask
-from unet.metrics import DEFAULT_THRESHOLDS, merge_rows, score_rows, summarize
+from unet.metrics import DEFAULT_THRESHOLDS, check_thresholds, merge_rows, score_rows, summarize
 
 Progress = Callable[[int, int], None]
 SLAB_Z = 8  # slices read at once
@@ -32,7 +32,13 @@ class EvaluateConfig(BaseModel):
     polarity: Polarity = Field("zero_is_membrane", description="Which label value is membrane "
                                "(ISBI: zero_is_membrane, 255 = interior).")
     thresholds: tuple[float, ...] = Field(DEFAULT_THRESHOLDS, description="Membrane thresholds swept for "
-                                          "V_rand / V_info / ISBI pixel error.")
+                                          "V_rand / V_info / ISBI pixel error (default 0.0 to 1.0 by 0.1).")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        check_thresholds(value)
+        return value
 
 
 class EvaluateResult(BaseModel):

@@ -19,10 +19,11 @@ TTA = Literal["none", "flips", "d4"]
 PYRAMID_TOP = 1024  # the automatic pyramid stops at the first level whose plane fits in this
 Precision = Literal["auto", "fp32", "bf16"]
 
-# Fields that change how fast the output is produced but not its bytes; everything else is
-# part of a prediction's identity (stored in its attrs, checked on resume).
+# Fields that change how fast the output is produced (or whether a check lets it be), not its
+# bytes; everything else is part of a prediction's identity (stored in its attrs, checked on resume).
 EXECUTION_ONLY = frozenset({"batch_size", "prefetch_blocks", "read_threads", "write_threads",
-                            "compute_threads", "blocks_per_group", "compile", "channels_last", "device"})
+                            "compute_threads", "blocks_per_group", "compile", "channels_last", "device",
+                            "allow_voxel_size_mismatch"})
 
 
 class InferConfig(BaseModel):
@@ -69,8 +70,12 @@ class InferConfig(BaseModel):
                                        "viewers; default: as many as it takes for the top level to fit in "
                                        f"{PYRAMID_TOP} x {PYRAMID_TOP} pixels (none for small volumes).")
     membrane_class: int | None = Field(None, ge=0, description="Channel holding the membrane class for "
-                                       "models with n_classes > 1 (softmax); default: 1, as training "
-                                       "uses; ignored for a single sigmoid logit.")
+                                       "models with n_classes > 1 (softmax); default: the class the "
+                                       "checkpoint records (1, as training uses, for older checkpoints); "
+                                       "ignored for a single sigmoid logit.")
+    allow_voxel_size_mismatch: bool = Field(False, description="Predict even when the volume's voxel "
+                                            "size (y, x) differs by more than 10 % from the one the "
+                                            "checkpoint was trained at (refused by default).")
     precision: Precision = Field("auto", description="'auto' = bf16 autocast on CUDA, fp32 on CPU.")
     channels_last: bool = Field(True, description="Use channels_last memory format on CUDA.")
     compile: bool = Field(False, description="torch.compile the model on CUDA (slow start, faster "

@@ -55,15 +55,22 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
     """Predict membrane probabilities (uint8) for ``volume`` (a workspace name or a path) into
     ``predictions/<output>.zarr`` (default: the volume's name). ``progress(done, total)`` counts
     blocks, those finished by an earlier run included. The model is loaded once before any
-    write, so a missing or corrupt checkpoint, or a tile that does not fit it, creates nothing."""
+    write, so a missing or corrupt checkpoint, a tile that does not fit it, or a volume whose voxel
+    size (y, x) differs from the model's training voxel size by more than 10 % (unless
+    ``cfg.allow_voxel_size_mismatch``; :mod:`unet.voxel_size`) creates nothing."""
+    from storage.volume import open_volume
     from unet.checkpoint import checkpoint_sha256
     from unet.inference import finish_run, prepare_run, run_group
     from unet.predictor import load_predictor
+    from unet.voxel_size import check_voxel_size
 
     t0 = time.monotonic()
     volume_path = resolve_volume(workspace, volume)
     prediction_path = workspace.prediction(output or default_name(volume_path))
-    load_predictor(checkpoint, cfg)  # raises CheckpointError / ValueError before any write
+    predictor = load_predictor(checkpoint, cfg)  # raises CheckpointError / ValueError before any write
+    source = open_volume(volume_path)
+    check_voxel_size(volume_path, source.voxel_size.as_tuple(), source.attrs.get("voxel_size_unknown", ()),
+                     predictor.training_data, checkpoint, cfg.allow_voxel_size_mismatch)
     sha = checkpoint_sha256(checkpoint)
     run = prepare_run(volume_path, prediction_path, functools.partial(load_predictor, checkpoint, cfg), sha,
                       cfg, overwrite=overwrite)

@@ -81,12 +81,17 @@ class ModelPredictor:
     probabilities over the views of :mod:`unet.tta`.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: InferConfig, n_classes: int) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: InferConfig, n_classes: int,
+                 trained_membrane_class: int | None = None,
+                 training_data: dict[str, Any] | None = None) -> None:
         self.device = resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
         self.precision = effective_precision(cfg, self.device)
         self.tta, self.n_classes = cfg.tta, n_classes
-        self.membrane_class = membrane_channel(n_classes, cfg.membrane_class)
+        # The configured class, else the one the checkpoint records, else training's convention.
+        self.membrane_class = membrane_channel(
+            n_classes, cfg.membrane_class if cfg.membrane_class is not None else trained_membrane_class)
+        self.training_data = training_data or {}  # what the checkpoint says it was trained on
         model = model.to(self.device).eval()
         self.channels_last = self.cuda and cfg.channels_last
         if self.channels_last:
@@ -128,9 +133,17 @@ def check_fits_model(cfg: InferConfig, model_config: Any) -> None:
 
 
 def load_predictor(checkpoint: str, cfg: InferConfig) -> ModelPredictor:
-    """Load a checkpoint and wrap it (the factory Dask workers call; see :class:`unet.inference.InferJob`)."""
-    from unet.checkpoint import load_model
+    """Load a checkpoint and wrap it (the factory Dask workers call; see :class:`unet.inference.InferJob`).
+    The membrane channel is ``cfg.membrane_class``, else the one the checkpoint records."""
+    from unet.checkpoint import (
+        load_checkpoint,
+        model_from_payload,
+        recorded_membrane_class,
+        recorded_training_data,
+    )
 
-    model, mcfg = load_model(checkpoint, map_location="cpu")
+    payload = load_checkpoint(checkpoint, map_location="cpu")
+    model, mcfg = model_from_payload(payload, checkpoint)
     check_fits_model(cfg, mcfg)
-    return ModelPredictor(model, cfg, mcfg.n_classes)
+    return ModelPredictor(model.eval(), cfg, mcfg.n_classes, recorded_membrane_class(payload),
+                          recorded_training_data(payload))

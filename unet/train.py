@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from storage.dataset import TrainingSet
+from storage.dataset import TrainingSet, source_voxel_size
 from storage.runs import TrainingRun
 from unet.batches import IN_MEMORY_LIMIT, BatchSource, prefetched
 from unet.checkpoint import config_from_checkpoint, load_checkpoint, save_checkpoint
@@ -94,7 +94,6 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-
 @dataclass
 class TrainResult:
     """What a training run left: paths, best validation scores, throughput.
@@ -117,7 +116,6 @@ class TrainResult:
     report_metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None
     deterministic: bool = False
-
 
 
 def _best_logged(run: TrainingRun, upto: int) -> list[dict[str, Any]]:
@@ -157,6 +155,7 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
     run = TrainingRun(model_dir)
     last_path, best_path = run.last_checkpoint, run.best_checkpoint
     identity = run_identity(dataset, validation, model_cfg, cfg)
+    trained_on = source_voxel_size(dataset)  # every checkpoint records the training voxel size
     payload = plan_run(run, identity, resume=resume, overwrite=overwrite, map_location=dev)
     resume = payload is not None
     source = BatchSource(dataset, cfg, polarity, pin=dev.type == "cuda")
@@ -184,7 +183,7 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
 
         def save_last(step: int) -> None:
             save_checkpoint(last_path, trainer.model, model_cfg, optimizer=trainer.optimizer,
-                            scheduler=trainer.scheduler, step=step,
+                            scheduler=trainer.scheduler, step=step, training_data=trained_on,
                             extra={"rng": _rng_state(dev), "best": best_metrics, "identity": identity,
                                    "deterministic": cfg.deterministic})
 
@@ -194,7 +193,7 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
             if not best_metrics or scores["v_rand"] > best_metrics["v_rand"]:
                 best_metrics = dict(sorted({"step": val_step, **scores}.items()))
                 # Saved before the record is logged: a logged best always has its checkpoint.
-                save_checkpoint(best_path, weights, model_cfg, step=val_step,
+                save_checkpoint(best_path, weights, model_cfg, step=val_step, training_data=trained_on,
                                 extra={"metrics": best_metrics, "identity": identity,
                                        "deterministic": cfg.deterministic})
             run.log({"kind": "val", "step": val_step, **scores})

@@ -39,7 +39,7 @@ def test_killed_infer_runs_again_to_the_uninterrupted_bytes(tmp_path: Path, comm
     image_and_labels(ws, SHAPE)
     model = untrained_checkpoint(tmp_path / "model.pt")
     prediction = ws.prediction("em")
-    args = ["infer", "em", "--model", model, "--out", ws.root, "--device", "cpu"]
+    args = ["infer", "em", "--model", model, "--workspace", ws.root, "--device", "cpu"]
 
     whole = commands.run(args)
     assert whole.returncode == 0, whole.stdout + whole.stderr

@@ -61,7 +61,7 @@ def test_killed_ingest_runs_again_to_the_uninterrupted_bytes(tmp_path: Path, com
     ws = Workspace(str(tmp_path / "ws"))
     stores = [ws.volume("em"), ws.labels("em")]
     args = ["ingest", str(tmp_path / "em.tif"), "--labels", str(tmp_path / "labels.tif"), "--name", "em",
-            "--out", ws.root, "--voxel-size", "50", "4", "4"]
+            "--workspace", ws.root, "--voxel-size", "50", "4", "4"]
 
     whole = commands.run(args)
     assert whole.returncode == 0, whole.stdout + whole.stderr

@@ -43,27 +43,27 @@ def _emseg(*args: str) -> tuple[subprocess.CompletedProcess[str], float, list[st
 
 def test_missing_and_corrupt_inputs_are_reported_in_seconds_with_nothing_heavy_imported(tmp_path):
     ws = str(tmp_path / "ws")
-    out, seconds, heavy = _emseg("ingest", str(tmp_path / "missing.tif"), "--out", ws, "--name", "m")
+    out, seconds, heavy = _emseg("ingest", str(tmp_path / "missing.tif"), "--workspace", ws, "--name", "m")
     assert out.returncode == 2 and "emseg: error:" in out.stderr and "missing.tif" in out.stderr
     assert "Traceback" not in out.stderr and seconds < BOUND_S and heavy == []
     (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\x07" * 64)
-    out, seconds, heavy = _emseg("ingest", str(tmp_path / "bad.tif"), "--out", ws, "--name", "b")
+    out, seconds, heavy = _emseg("ingest", str(tmp_path / "bad.tif"), "--workspace", ws, "--name", "b")
     assert out.returncode == 2 and "bad.tif" in out.stderr and seconds < BOUND_S and heavy == []
     assert not (tmp_path / "ws" / "volumes").exists() or not os.listdir(tmp_path / "ws" / "volumes")
-    out, seconds, heavy = _emseg("infer", "nowhere", "--model", str(tmp_path / "none.pt"), "--out", ws)
+    out, seconds, heavy = _emseg("infer", "nowhere", "--model", str(tmp_path / "none.pt"), "--workspace", ws)
     assert out.returncode == 2 and "nowhere" in out.stderr and seconds < BOUND_S and heavy == []
 
 
 def test_ingest_runs_in_process_without_prefect(tmp_path):
     data = (np.arange(5 * 64 * 64) % 251).astype(np.uint8).reshape(5, 64, 64)
     src = write_kind("multipage", data, tmp_path / "in")
-    out, seconds, heavy = _emseg("ingest", src, "--out", str(tmp_path / "ws"), "--name", "v",
+    out, seconds, heavy = _emseg("ingest", src, "--workspace", str(tmp_path / "ws"), "--name", "v",
                                  "--voxel-size", "30", "4", "4")
     assert out.returncode == 0, out.stderr
     assert f"image: {tmp_path / 'ws' / 'volumes' / 'v.zarr'} (create)" in out.stdout
     assert "prefect" not in heavy and "torch" not in heavy
     result = json.loads(out.stdout[out.stdout.index("{"):])
     assert result["image"]["shape"] == [5, 64, 64] and result["labels"] is None
-    again, _, _ = _emseg("ingest", src, "--out", str(tmp_path / "ws"), "--name", "v",
+    again, _, _ = _emseg("ingest", src, "--workspace", str(tmp_path / "ws"), "--name", "v",
                          "--voxel-size", "30", "4", "4")
     assert again.returncode == 0 and "(reuse)" in again.stdout

@@ -37,7 +37,7 @@ def test_export_a_prediction_then_ingest_it_gives_the_same_voxels_and_voxel_size
         out = runner.invoke(app, ["export", "s", str(tif), "--workspace", str(ws), "--kind", kind])
         assert out.exit_code == 0, out.output
         assert "voxel size (z, y, x) 50, 4, 4 nm" in out.stdout and "dtype uint8" in out.stdout
-        out = runner.invoke(app, ["ingest", str(tif), "--out", str(tmp_path / "back"), "--name", kind])
+        out = runner.invoke(app, ["ingest", str(tif), "--workspace", str(tmp_path / "back"), "--name", kind])
         assert out.exit_code == 0, out.output
         back = open_volume(tmp_path / "back" / "volumes" / f"{kind}.zarr")
         assert back.dtype == np.uint8 and back.voxel_size.as_tuple() == VOXEL

@@ -79,7 +79,7 @@ def test_cli_infer(setup: tuple[Path, str]) -> None:
     from flows.cli import app
 
     root, ckpt = setup
-    res = CliRunner().invoke(app, ["infer", "em", "--model", ckpt, "--out", str(root), "--name", "cli",
+    res = CliRunner().invoke(app, ["infer", "em", "--model", ckpt, "--workspace", str(root), "--name", "cli",
                                    "--tile", "32", "--overlap", "8", "--halo", "8", "--pyramid-levels", "1"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.output[res.output.index("{"):])

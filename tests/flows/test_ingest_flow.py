@@ -42,14 +42,14 @@ def test_cli_ingest_prints_summary_and_refuses_bad_input(prefect_server: None, t
     data = generate_volume(SyntheticSpec(shape=(5, 48, 40), seed=2)).image
     src = write_kind("multipage", data, tmp_path / "in")
     runner = CliRunner()
-    out = runner.invoke(app, ["ingest", src, "--out", str(tmp_path / "ws"), "--name", "cli",
+    out = runner.invoke(app, ["ingest", src, "--workspace", str(tmp_path / "ws"), "--name", "cli",
                               "--voxel-size", "30", "4", "4"])
     assert out.exit_code == 0, out.output
     path = tmp_path / "ws" / "volumes" / "cli.zarr"
     assert f"image: {path} (create)" in out.output
     assert "shape (z, y, x) (5, 48, 40), dtype uint8, voxel size (z, y, x) (30.0, 4.0, 4.0) nm" in out.output
     np.testing.assert_array_equal(open_volume(path).read(slice(None)), data)
-    bad = runner.invoke(app, ["ingest", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "ws"),
+    bad = runner.invoke(app, ["ingest", str(tmp_path / "missing.tif"), "--workspace", str(tmp_path / "ws"),
                               "--name", "bad"])
     assert bad.exit_code != 0
     assert "missing.tif: no such file or folder" in str(bad.exception)
@@ -72,7 +72,7 @@ def test_cli_ingest_with_prefect_is_a_flow_run_with_its_artifact(prefect_server:
 
     data = generate_volume(SyntheticSpec(shape=(3, 32, 32), seed=4)).image
     src = write_kind("multipage", data, tmp_path / "in")
-    out = CliRunner().invoke(app, ["ingest", src, "--out", str(tmp_path / "ws"), "--name", "viaprefect",
+    out = CliRunner().invoke(app, ["ingest", src, "--workspace", str(tmp_path / "ws"), "--name", "viaprefect",
                                    "--voxel-size", "30", "4", "4", "--prefect"])
     assert out.exit_code == 0, out.output
     with get_client(sync_client=True) as client:

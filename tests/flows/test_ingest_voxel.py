@@ -18,7 +18,7 @@ def test_cli_ingest_warns_on_stderr_when_the_voxel_size_is_unknown(prefect_serve
     from flows.cli import app
 
     src = write_kind("multipage", make_stack(shape=(4, 32, 32)), tmp_path / "in")  # no resolution tags
-    out = CliRunner().invoke(app, ["ingest", src, "--out", str(tmp_path / "ws"), "--name", "nometa"])
+    out = CliRunner().invoke(app, ["ingest", src, "--workspace", str(tmp_path / "ws"), "--name", "nometa"])
     assert out.exit_code == 0, out.output
     assert "warning" in out.stderr and "voxel size unknown on axes z, y, x" in out.stderr
     assert "--voxel-size" in out.stderr
