@@ -38,8 +38,10 @@ def print_ingest(result: IngestResult, warn: bool) -> None:
 
 
 def print_scores(result: EvaluateResult) -> None:
-    """A two-column table of the scores (the segmentation's prefixed ``segmentation_``)."""
-    rows: list[tuple[str, object]] = []
+    """A two-column table of the scores (the segmentation's prefixed ``segmentation_``), after the
+    slices scored."""
+    rows: list[tuple[str, object]] = [("slices", (result.metrics or result.segmentation or {}).get("slices")
+                                       or "all")]
     if result.metrics is not None:
         rows += [(key, result.metrics[key]) for key in TABLE_KEYS]
     if result.segmentation is not None:

@@ -95,10 +95,18 @@ def demo(
     workspace: str = typer.Option("workspace", help="Workspace root for the demo's inputs and outputs."),
     isbi: str = typer.Option(None, help="Folder with the ISBI 2012 train-volume.tif / train-labels.tif "
                              "(default: a synthetic EM-like volume)."),
-    steps: int = typer.Option(300, help="Training steps."),
+    steps: int | None = typer.Option(None, help="Training steps (default: the recipe's, 300 for demo, "
+                                     "1200 for cpu)."),
+    recipe: str = typer.Option("demo", help="demo: a small model, minutes (the point is to run every "
+                               "step); cpu: the recipe for a lab without a GPU, about 20 minutes on 2 cores "
+                               "(use with --isbi: V_rand on slices 20-29 in docs/benchmarks.md)."),
 ) -> None:
     """The whole pipeline on a small synthetic volume (or ISBI 2012), then prints metrics and outputs."""
-    from flows.demo import run_demo, use_workspace_prefect_home
+    from flows.demo import RECIPES, run_demo, use_workspace_prefect_home
+
+    if recipe not in RECIPES:
+        raise typer.BadParameter(f"must be one of {', '.join(RECIPES)}, got {recipe!r}",
+                                 param_hint="--recipe")
 
     use_workspace_prefect_home(workspace)  # before Prefect is imported: its database in the workspace
-    run_demo(workspace=workspace, isbi_dir=isbi, steps=steps)
+    run_demo(workspace=workspace, isbi_dir=isbi, steps=steps, recipe=recipe)  # type: ignore[arg-type]

@@ -230,6 +230,8 @@ def evaluate(
     polarity: str = typer.Option("zero_is_membrane", help="zero_is_membrane (ISBI) or nonzero_is_membrane."),
     thresholds: str | None = typer.Option(None, help="Membrane thresholds swept, comma-separated numbers in "
                                           "[0, 1] (default 0.0,0.1,...,1.0), e.g. 0.1,0.2,0.3."),
+    slices: str = typer.Option("", help="Score only these slices, inclusive ranges: 20-29 or 0-9,15 (e.g. "
+                               "the held-out validation slices; default: every slice)."),
     segmentation: str | None = typer.Option(None, help="Cell labels to score too (V_rand, V_info): a name "
                                             "(segmentations/<name>.zarr) or path."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a report of this run made from "
@@ -239,8 +241,9 @@ def evaluate(
     """Score a membrane-probability volume and/or a segmentation against labels; prints a table."""
     from flows.cli_output import print_scores
     from flows.preflight import require_named
+    from storage.volume import open_volume
     from storage.workspace import Workspace
-    from unet.evaluate_stage import EvaluateConfig, evaluate_stage
+    from unet.evaluate_stage import EvaluateConfig, evaluate_stage, select_slices
 
     ws = Workspace(workspace)
     swept = parse_thresholds(thresholds)
@@ -252,12 +255,15 @@ def evaluate(
     for kind, given in (("predictions", prediction), ("segmentations", segmentation)):
         if given is not None:
             require_named(ws, kind, given)
+    # Checked against the labels' depth here, so a bad selection is one line naming --slices.
+    select_slices(slices.replace(" ", ""), open_volume(ws.labels(labels)).shape[0], "--slices")
+    cfg = cfg.model_copy(update={"slices": slices.replace(" ", "")})
     if use_prefect(prefect):
         from flows.evaluate import evaluate_flow
 
         result = evaluate_flow(workspace=workspace, prediction=prediction, labels=labels,
                                polarity=cfg.polarity, run=run, segmentation=segmentation, overwrite=overwrite,
-                               thresholds=cfg.thresholds)
+                               thresholds=cfg.thresholds, slices=cfg.slices)
     else:
         result = run_stage("evaluate", "slices", lambda p: evaluate_stage(
             ws, labels, run, cfg, prediction=prediction, segmentation=segmentation, progress=p,

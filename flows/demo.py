@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # importing the pipeline imports Prefect, which must wait for PREFECT_HOME
     from flows.pipeline_config import PipelineParams
 
 SYNTHETIC_SHAPE = (16, 256, 256)
+Recipe = Literal["demo", "cpu"]
+RECIPES: tuple[Recipe, ...] = ("demo", "cpu")
 PREFECT_DIR = ".prefect"
 # Prefect's INFO lines (the temporary server's start and stop, every flow and task run's start and
 # end, the pipeline's step decisions) and its telemetry error on a closed network drown the demo's
@@ -46,20 +48,29 @@ def quiet_prefect(environ: MutableMapping[str, str] = os.environ) -> None:
         environ.setdefault(key, value)
 
 
-def demo_name(isbi: bool) -> str:
-    """The demo's volume name: each input gets its own volumes, prediction and pipeline stamps."""
-    return "isbi" if isbi else "synthetic"
+def demo_name(isbi: bool, recipe: Recipe = "demo") -> str:
+    """The demo's volume name: each input (and recipe) gets its own volumes, prediction and stamps."""
+    name = "isbi" if isbi else "synthetic"
+    return name if recipe == "demo" else f"{name}-{recipe}"
 
 
-def demo_run(isbi: bool) -> str:
-    """The demo's run name: each input gets its own training set, model folder and report, so
-    the synthetic and the ISBI demos never overwrite (or mix into) each other's outputs."""
-    return f"demo-{demo_name(isbi)}"
+def demo_run(isbi: bool, recipe: Recipe = "demo") -> str:
+    """The demo's run name: each input and recipe gets its own training set, model folder and
+    report, so the demos never overwrite (or mix into) each other's outputs."""
+    return f"demo-{demo_name(isbi, recipe)}"
 
 
 def demo_params(workspace: str, source: str, labels: str, *, isbi: bool = False,
-                steps: int = 300) -> PipelineParams:
-    """Small, fast settings: a 3-level U-Net with 16 base channels, 128-px crops, CPU-sized blocks."""
+                steps: int | None = None, recipe: Recipe = "demo") -> PipelineParams:
+    """The demo's settings for ``recipe`` (:data:`RECIPES`); ``steps`` overrides its step count.
+
+    ``demo``: small and fast, a 3-level U-Net with 16 base channels, 128-px crops, CPU-sized blocks.
+    ``cpu``: the recipe for a lab without a GPU (issue 12): a 5-level U-Net with 16 base channels
+    (receptive-field radius 107 px, about 5/3 the cost of the demo's per pixel: each level costs
+    about the same), batches of 4 × 256² crops for 1,200 steps (about 13 minutes on 2 cores),
+    300 MLS samples, validation every 200 steps. No test-time augmentation: on ISBI slices 20-29
+    the 8 d4 views cost 8x the inference time and scored no better (docs/benchmarks.md).
+    """
     from flows.pipeline_config import PipelineParams
     from storage.ingest_config import IngestConfig
     from unet.augment import AugmentConfig
@@ -67,24 +78,32 @@ def demo_params(workspace: str, source: str, labels: str, *, isbi: bool = False,
     from unet.model import UNetConfig
     from unet.train import TrainConfig
 
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    cpu = recipe == "cpu"
+    steps = steps or (1200 if cpu else 300)
     size = 512 if isbi else SYNTHETIC_SHAPE[1]
     return PipelineParams(
-        source=source, labels=labels, workspace=workspace, name=demo_name(isbi), run=demo_run(isbi),
+        source=source, labels=labels, workspace=workspace, name=demo_name(isbi, recipe),
+        run=demo_run(isbi, recipe),
         train_slices="0-19" if isbi else "0-11", val_slices="20-29" if isbi else "12-15",
-        n_samples=96 if isbi else 64,
+        n_samples=(300 if cpu else 96) if isbi else 64,
         ingest=IngestConfig(voxel_size=(50.0, 4.0, 4.0) if isbi else (40.0, 4.0, 4.0), shard_z=4,
                             chunk_yx=size, shard_yx=size),
         augment=AugmentConfig(max_displacement_px=8.0),
-        unet=UNetConfig(depth=3, base_channels=16),
-        train=TrainConfig(steps=steps, batch_size=4, crop=128, lr=2e-3, warmup_steps=20,
-                          val_every=max(steps // 3, 1), log_every=25, loader_threads=1, prefetch=2),
+        unet=UNetConfig(depth=5 if cpu else 3, base_channels=16),
+        train=TrainConfig(steps=steps, batch_size=4, crop=min(256, size) if cpu else 128, lr=2e-3,
+                          warmup_steps=50 if cpu else 20, val_every=200 if cpu else max(steps // 3, 1),
+                          log_every=25, loader_threads=1, prefetch=2),
         infer=InferConfig(tile=(size, size), overlap=(0, 0), halo=(0, 16, 16), blend="crop", batch_size=2,
+
                           block_shape=(4, size, size), chunks=(1, size, size), read_threads=1,
                           write_threads=1),
     )
 
 
-def run_demo(workspace: str = "workspace", isbi_dir: str | None = None, steps: int = 300) -> dict[str, Any]:
+def run_demo(workspace: str = "workspace", isbi_dir: str | None = None, steps: int | None = None,
+             recipe: Recipe = "demo") -> dict[str, Any]:
     """Write (or find) the input stacks, run the pipeline, print where everything is."""
     quiet_prefect()
     from flows.pipeline import pipeline_flow
@@ -92,7 +111,7 @@ def run_demo(workspace: str = "workspace", isbi_dir: str | None = None, steps: i
     if isbi_dir:
         source = os.path.join(isbi_dir, "train-volume.tif")
         labels = os.path.join(isbi_dir, "train-labels.tif")
-        params = demo_params(workspace, source, labels, isbi=True, steps=steps)
+        params = demo_params(workspace, source, labels, isbi=True, steps=steps, recipe=recipe)
     else:
         from storage.demo_data import write_synthetic_stack
         from storage.synthetic import SyntheticSpec
@@ -103,7 +122,7 @@ def run_demo(workspace: str = "workspace", isbi_dir: str | None = None, steps: i
         if not (os.path.exists(source) and os.path.exists(labels)):
             write_synthetic_stack(inputs, SyntheticSpec.hard(shape=SYNTHETIC_SHAPE, seed=1), stem="synthetic",
                                   overwrite=True)
-        params = demo_params(workspace, source, labels, steps=steps)
+        params = demo_params(workspace, source, labels, steps=steps, recipe=recipe)
     result = pipeline_flow(params)
     print_summary(result)
     return result
@@ -119,6 +138,12 @@ def print_summary(result: dict[str, Any]) -> None:
         for k in ("isbi_pixel_error", "v_rand", "v_info"):
             if k in result["validation"]:
                 print(f"  {k:<16} {result['validation'][k]:.4f}")
+    held = result.get("held_out") or {}
+    if held:
+        print(f"\nheld-out slices {held.get('slices', '?')} (the prediction, as inferred):")
+        for k in ("isbi_pixel_error", "v_rand", "v_info"):
+            if k in held:
+                print(f"  {k:<16} {held[k]:.4f}")
     print("\nwhole volume (includes the training slices):")
     width = max(map(len, result["metrics"]), default=0)
     for k, v in result["metrics"].items():

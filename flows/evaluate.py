@@ -28,6 +28,10 @@ def evaluate_flow(
     run: str = Field(..., description="Report name: writes reports/<run>/metrics.json."),
     thresholds: tuple[float, ...] = Field(DEFAULT_THRESHOLDS, description="Membrane thresholds swept for "
                                           "V_rand / V_info / ISBI pixel error (default 0.0 to 1.0 by 0.1)."),
+    slices: str = Field("", description="Slices scored, inclusive ranges: '20-29' or '0-9,15' (e.g. the "
+                        "held-out validation slices). Empty: every slice."),
+    held_out: str = Field("", description="Slices of the prediction also scored on their own (e.g. the "
+                          "validation slices beside the whole volume), under metrics.json's held_out."),
     segmentation: str | None = Field(None, description="Cell labels to score too: a name "
                                      "(segmentations/<name>.zarr) or a path; writes "
                                      "reports/<run>/segmentation-metrics.json."),
@@ -36,11 +40,15 @@ def evaluate_flow(
 ) -> EvaluateResult:
     """Score a prediction volume with the ISBI 2012 metrics (and/or a segmentation with V_rand,
     V_info); returns both (``metrics``, ``segmentation``), None for what was not scored."""
-    result = evaluate(workspace, labels, run, EvaluateConfig(polarity=polarity, thresholds=tuple(thresholds)),
-                      prediction=prediction, segmentation=segmentation, overwrite=overwrite)
+    cfg = EvaluateConfig(polarity=polarity, thresholds=tuple(thresholds), slices=slices)
+    result = evaluate(workspace, labels, run, cfg, prediction=prediction, segmentation=segmentation,
+                      overwrite=overwrite, held_out=held_out)
     if result.metrics is not None:
-        publish_metrics_table(f"evaluate-{run}", [{"run": run, **{k: result.metrics[k] for k in TABLE_KEYS}}],
-                              f"ISBI 2012 scores of {prediction} against {labels}")
+        scored = [("slices", result.metrics), *([("held-out slices", result.metrics["held_out"])]
+                                                if "held_out" in result.metrics else [])]
+        publish_metrics_table(f"evaluate-{run}", [{"run": run, "scope": f"{what} {m.get('slices') or 'all'}",
+                                                   **{k: m[k] for k in TABLE_KEYS}} for what, m in scored],
+                              f"ISBI 2012 scores of {prediction} against {labels} (scope: the slices scored)")
     if result.segmentation is not None:
         publish_metrics_table(f"evaluate-{run}-segmentation",
                               [{"run": run, **{k: result.segmentation[k] for k in SEGMENTATION_KEYS}}],

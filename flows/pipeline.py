@@ -118,7 +118,8 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     """ingest -> augment -> train -> infer -> evaluate; each step skipped when its output is current.
 
     Returns the output locations, the validation scores of the best checkpoint, the
-    whole-volume scores, and what each step did.
+    whole-volume scores, the prediction's scores on the held-out validation slices, and what
+    each step did.
     """
     from flows.augment import augment_flow
     from flows.evaluate import evaluate_flow
@@ -129,7 +130,8 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
 
     # Empty slice selections take their part of the stack's default split; every selection is
     # checked against the stack's depth (from its header) before any step runs.
-    split = stack_split(params.source, params.train_slices, params.val_slices, params.ingest.channel)
+    split = stack_split(params.source, params.train_slices, params.val_slices, params.ingest.channel,
+                        params.evaluate.slices)
     p = params.model_copy(update={"train_slices": split.train, "val_slices": split.val})
     ws = Workspace(p.workspace)
     runner = _Runner()
@@ -211,15 +213,18 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
         lambda mode: infer_flow(workspace=p.workspace, volume=p.name, checkpoint=best, output=p.name,
                                 config=p.infer, dask_address=p.dask_address, overwrite=mode == "replace"))
 
-    # evaluate: metrics.json records what was scored.
+    # evaluate: metrics.json records what was scored: the whole volume (evaluate.slices: some) and,
+    # in the same pass, the held-out validation slices on their own (metrics.json["held_out"]).
     metrics_path = os.path.join(paths["report"], "metrics.json")
     eval_expected = {"prediction": paths["prediction"], "labels": paths["labels"],
-                     "polarity": p.evaluate.polarity}
+                     "polarity": p.evaluate.polarity, "slices": p.evaluate.slices or None,
+                     "held_out.slices": p.val_slices}
     runner.step(
         "evaluate", paths["report"], lambda: read_record(metrics_path), eval_expected,
         lambda mode: evaluate_flow(workspace=p.workspace, prediction=p.name, labels=p.name,
                                    polarity=p.evaluate.polarity, run=p.report_name,
-                                   thresholds=p.evaluate.thresholds, overwrite=mode == "replace"))
+                                   thresholds=p.evaluate.thresholds, slices=p.evaluate.slices,
+                                   held_out=p.val_slices, overwrite=mode == "replace"))
     if not is_current(metrics_path, eval_expected).current:
         raise RuntimeError(f"evaluate left no report matching the prediction at {metrics_path}")
 
@@ -263,6 +268,8 @@ def _publish(p: PipelineParams, paths: dict[str, str], steps: list[dict[str, Any
 
     whole = read_json(metrics_path)
     scores = {f"volume_{k}": whole[k] for k in SCORE_KEYS if isinstance(whole.get(k), int | float)}
+    held = whole.get("held_out") or {}  # the prediction on the validation slices, as inferred
+    held_out = {k: held[k] for k in ("slices", *SCORE_KEYS) if k in held}
     train_cfg = read_record(paths["model_dir"]) or {}
     best_val: dict[str, Any] = dict(train_result.best_metrics) if train_result else {}
     if not best_val:  # training was skipped: the scores of the checkpoint the prediction came from
@@ -273,15 +280,16 @@ def _publish(p: PipelineParams, paths: dict[str, str], steps: list[dict[str, Any
         scores["cells"] = int((read_record(segmentation) or {}).get("n_cells", 0))
     previews = save_previews_task(paths["volume"], paths["report"], paths["prediction"], paths["labels"],
                                   segmentation_path=segmentation)
-    rows = [{"scope": f"whole volume {p.name}", **{k: whole.get(k) for k in SCORE_KEYS}}]
-    if best_val:
-        rows.insert(0, {"scope": f"validation slices {p.val_slices} (best checkpoint)",
-                        **{k: best_val.get(k) for k in SCORE_KEYS}})
+    main = f"slices {p.evaluate.slices} of {p.name}" if p.evaluate.slices else f"whole volume {p.name}"
+    scopes = [(f"validation slices {p.val_slices} (best checkpoint)", best_val)] if best_val else []
+    scopes += [(f"held-out slices {p.val_slices} (the prediction, as inferred)", held), (main, whole)]
+    rows = [{"scope": scope, **{k: scored.get(k) for k in SCORE_KEYS}} for scope, scored in scopes]
     publish_metrics_table(f"pipeline-{p.report_name}-metrics", rows,
                           f"scores of run {p.run} (the whole volume includes the training slices)")
     publish_summary(f"pipeline-{p.report_name}-summary", f"Pipeline {p.run}: {p.name}",
-                    {**paths, "metrics": metrics_path}, scores, previews,
+                    {**paths, "metrics": metrics_path},
+                    {**scores, **{f"held_out_{k}": held[k] for k in SCORE_KEYS if k in held}}, previews,
                     [f"{s['step']}: {s['action']} ({s['seconds']} s) - {s['why']}" for s in steps]
                     + [f"device: {train_cfg.get('device', '?')}"])
     return {"outputs": {**paths, "metrics": metrics_path}, "metrics": scores, "validation": best_val,
-            "steps": steps, "previews": [pv["path"] for pv in previews]}
+            "held_out": held_out, "steps": steps, "previews": [pv["path"] for pv in previews]}

@@ -131,8 +131,9 @@ def check_report_target(path: str | os.PathLike[str], made_from: dict[str, Any],
                         overwrite: bool = False) -> None:
     """Refuse to replace the JSON report at ``path`` when it was made from other inputs.
 
-    ``made_from`` holds the keys that name the inputs (``{"prediction": ..., "labels": ...}``);
-    a report of the same inputs is simply made again. Call before the (long) scoring.
+    ``made_from`` holds the keys that name the inputs (``{"prediction": ..., "labels": ...}``;
+    a dotted key such as ``"held_out.slices"`` names a nested one, and a key the report lacks reads
+    as None); a report of the same inputs is simply made again. Call before the (long) scoring.
     """
     p = os.fspath(path)
     if overwrite or not os.path.isfile(p):
@@ -144,9 +145,15 @@ def check_report_target(path: str | os.PathLike[str], made_from: dict[str, Any],
     if not isinstance(existing, dict):
         raise StoreExistsError(f"{p} exists and is not an emseg report; pass --overwrite (overwrite=True) "
                                "to replace it")
-    differ = [k for k, v in made_from.items() if existing.get(k) != json.loads(json.dumps(v))]
+    def have(key: str) -> Any:
+        node: Any = existing
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    differ = [k for k, v in made_from.items() if have(k) != json.loads(json.dumps(v))]
     if differ:
         k = differ[0]
-        raise StoreExistsError(f"{p} is a report made from other inputs ({k}: {existing.get(k)!r}, now "
+        raise StoreExistsError(f"{p} is a report made from other inputs ({k}: {have(k)!r}, now "
                                f"{made_from[k]!r}); pass --overwrite (overwrite=True) to replace it, or "
                                "choose another run name")

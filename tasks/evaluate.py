@@ -14,10 +14,11 @@ __all__ = ["evaluate", "score_volume"]
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(workspace: str, labels: str, run: str, config: EvaluateConfig, prediction: str | None = None,
-             segmentation: str | None = None, overwrite: bool = False) -> EvaluateResult:
+             segmentation: str | None = None, overwrite: bool = False, held_out: str = "") -> EvaluateResult:
     """Score a prediction and/or a segmentation; writes reports/<run>/metrics.json (and
-    segmentation-metrics.json)."""
+    segmentation-metrics.json; ``held_out``: those slices scored on their own too)."""
     progress = RunProgress("evaluate", f"scoring {prediction or segmentation}", 1, "slices")
     with stage_logs():
         return evaluate_stage(Workspace(workspace), labels, run, config, prediction=prediction,
-                              segmentation=segmentation, progress=progress.update, overwrite=overwrite)
+                              segmentation=segmentation, held_out=held_out, progress=progress.update,
+                              overwrite=overwrite)

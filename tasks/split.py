@@ -12,9 +12,14 @@ def volume_split(workspace: str, volume: str) -> SliceSplit:
     return default_split(open_volume(Workspace(workspace).volume(volume)).shape[0])
 
 
-def stack_split(source: str, train: str = "", val: str = "", channel: int | None = None) -> SliceSplit:
+def stack_split(source: str, train: str = "", val: str = "", channel: int | None = None,
+                scored: str = "") -> SliceSplit:
     """:func:`unet.split.resolve_split` against the depth of the TIFF stack ``source`` (its headers
-    only), so a selection that does not fit is refused before anything is ingested."""
+    only), so a selection that does not fit is refused before anything is ingested; ``scored``
+    (the evaluate step's ``slices``, if any) is checked against that depth too."""
     from storage.tiff import open_source
+    from unet.evaluate_stage import select_slices
 
-    return resolve_split(open_source(source, channel=channel).shape[0], train, val)
+    depth = open_source(source, channel=channel).shape[0]
+    select_slices(scored, depth, "evaluate.slices")
+    return resolve_split(depth, train, val)

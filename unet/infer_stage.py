@@ -9,14 +9,12 @@ re-run resumes an unfinished prediction made with the same model and config.
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from storage.fanout import fan_out
 from storage.workspace import Workspace, is_path, store_name
 from unet.infer_config import InferConfig
 
@@ -60,7 +58,7 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
     ``cfg.allow_voxel_size_mismatch``; :mod:`unet.voxel_size`) creates nothing."""
     from storage.volume import open_volume
     from unet.checkpoint import checkpoint_sha256
-    from unet.inference import finish_run, prepare_run, run_group
+    from unet.inference import finish_run, prepare_run, run_pending
     from unet.predictor import load_predictor
     from unet.voxel_size import check_voxel_size
 
@@ -74,25 +72,7 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
     sha = checkpoint_sha256(checkpoint)
     run = prepare_run(volume_path, prediction_path, functools.partial(load_predictor, checkpoint, cfg), sha,
                       cfg, overwrite=overwrite)
-    done = run.n_blocks - run.pending_blocks
-    if client is not None:
-        fan_out(run_group, run.groups, shared=(run.job,), client=client, progress=progress, done=done,
-                total=run.n_blocks, weight=lambda r: int(r["blocks"]),
-                submit={"resources": {"GPU": 1}, "retries": 2})
-    else:
-        lock, count = threading.Lock(), [done]
-
-        def one_done(_block: Any) -> None:
-            with lock:
-                count[0] += 1
-                if progress is not None:
-                    progress(count[0], run.n_blocks)
-
-        if progress is not None:
-            progress(done, run.n_blocks)
-        pending = [i for g in run.groups for i in g]
-        if pending:
-            run_group(run.job, pending, on_block=one_done)
+    run_pending(run, client=client, progress=progress)
     summary = finish_run(prediction_path)
     seconds = time.monotonic() - t0
     return InferResult(prediction=prediction_path, voxels=run.voxels, blocks=run.n_blocks,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from storage.blockio import BlockArray
+from storage.fanout import fan_out
 from storage.intensity import UINT8_RANGE, scale_offset, volume_range
 from storage.prediction import (
     BLOCKWISE_LEVELS_KEY,
@@ -60,7 +61,7 @@ Progress = Callable[[int, int], None]
 __all__ = ["INPUT_SCALE", "AffinePredictor", "BlockPredictor", "InFlightMeter", "InferConfig", "InferJob",
            "ModelPredictor", "block_bytes", "check_fits_model", "effective_precision", "finish_run",
            "infer_volume", "load_predictor", "mirror_pad", "predict_block", "prepare_run", "resolve_device",
-           "run_group", "stream_blocks", "submit_group"]
+           "run_group", "run_pending", "stream_blocks"]
 
 
 def mirror_pad(data: np.ndarray, block: Block) -> np.ndarray:
@@ -256,43 +257,42 @@ def finish_run(prediction_path: str) -> dict[str, Any]:
     return volume.summary()
 
 
+def run_pending(run: PreparedRun, *, client: Any = None, progress: Progress | None = None) -> None:
+    """Every block ``run`` still has to do: in this process as one stream over all of them (groups
+    are units for schedulers, and draining the pipeline between groups would idle the device once
+    per group), or one task per group on ``client``'s Dask cluster, one GPU each
+    (:func:`storage.fanout.fan_out`). ``progress(done, total)`` counts blocks, earlier runs' included."""
+    done = run.n_blocks - run.pending_blocks
+    if client is not None:
+        fan_out(run_group, run.groups, shared=(run.job,), client=client, progress=progress, done=done,
+                total=run.n_blocks, weight=lambda r: int(r["blocks"]),
+                submit={"resources": {"GPU": 1}, "retries": 2})
+        return
+    lock, count = threading.Lock(), [done]
+
+    def one_done(_block: Block) -> None:
+        with lock:
+            count[0] += 1
+            if progress is not None:
+                progress(count[0], run.n_blocks)
+
+    if progress is not None:
+        progress(done, run.n_blocks)
+    pending = [i for g in run.groups for i in g]
+    if pending:
+        run_group(run.job, pending, on_block=one_done)
+
+
 def infer_volume(volume_path: str, prediction_path: str, predictor_factory: Callable[[], Predictor],
                  model_id: str, cfg: InferConfig, *, overwrite: bool = False, client: Any = None,
                  progress: Progress | None = None) -> dict[str, Any]:
-    """Whole run without Prefect: prepare, run every group (in-process, or on ``client``'s
-    Dask workers with ``resources={"GPU": 1}``), finish. Returns a small summary."""
+    """Whole run without Prefect or a checkpoint file (any predictor factory): prepare, run every
+    pending block (:func:`run_pending`), finish. Returns a small summary."""
     t0 = time.monotonic()
     run = prepare_run(volume_path, prediction_path, predictor_factory, model_id, cfg, overwrite=overwrite)
-    done = run.n_blocks - run.pending_blocks
-    if client is None:
-        # One stream over every pending block: groups are units for schedulers, and draining the
-        # pipeline between groups would idle the device once per group.
-        lock = threading.Lock()
-
-        def one_done(_block: Block) -> None:
-            nonlocal done
-            with lock:
-                done += 1
-                if progress:
-                    progress(done, run.n_blocks)
-
-        run_group(run.job, [i for g in run.groups for i in g], on_block=one_done)
-    else:
-        from distributed import as_completed
-
-        futures = [submit_group(client, run.job, g) for g in run.groups]
-        for fut in as_completed(futures):
-            result = fut.result()
-            done += result["blocks"]
-            if progress:
-                progress(done, run.n_blocks)
+    run_pending(run, client=client, progress=progress)
     summary = finish_run(prediction_path)
     seconds = time.monotonic() - t0
     return {"prediction": prediction_path, "voxels": run.voxels, "blocks": run.n_blocks,
             "blocks_run": run.pending_blocks, "seconds": seconds,
             "voxels_per_s": run.voxels / seconds if seconds > 0 else 0.0, "levels": summary["levels"]}
-
-
-def submit_group(client: Any, job: InferJob, block_ids: Sequence[int]) -> Any:
-    """Submit one group to a Dask cluster: one GPU per task, never cached (it writes)."""
-    return client.submit(run_group, job, list(block_ids), resources={"GPU": 1}, pure=False, retries=2)

@@ -10,7 +10,7 @@ run through z (``link_slices``) are scored per slice too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from storage.errors import ShapeMismatchError
 from storage.volume import Volume
 from unet.labels import Polarity, check_labels, membrane_mask
 from unet.metrics import rand_and_info, truth_segments
+from unet.split import runs_of
 
 SLAB_Z = 8  # slices read at once: memory stays at a few slices of any volume size
 
@@ -42,9 +43,11 @@ def segmentation_scores(sums: dict[str, float]) -> dict[str, float]:
 
 
 def score_segmentation(seg: Volume, labels: Volume, polarity: Polarity,
-                       progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                       progress: Callable[[int, int], None] | None = None,
+                       slices: Sequence[int] | None = None) -> dict[str, Any]:
     """V_rand and V_info (means over slices) of a segmentation volume against a label volume of
-    the same shape, streamed in slabs of ``SLAB_Z`` slices; also the number of distinct cell IDs."""
+    the same shape, streamed in slabs of ``SLAB_Z`` slices; also the number of distinct cell IDs.
+    Only the slice indices ``slices`` (sorted) are scored when given."""
     if seg.shape != labels.shape:
         raise ShapeMismatchError(f"segmentation {seg.path} has shape {seg.shape} but labels {labels.path} "
                                  f"have {labels.shape}")
@@ -52,9 +55,8 @@ def score_segmentation(seg: Volume, labels: Volume, polarity: Polarity,
         raise ValueError(f"segmentation {seg.path} must hold integer cell IDs, got {seg.dtype}")
     totals = {"v_rand_sum": 0.0, "v_info_sum": 0.0, "n_slices": 0.0}
     ids: set[int] = set()
-    nz = seg.shape[0]
-    for z0 in range(0, nz, SLAB_Z):
-        z = slice(z0, min(z0 + SLAB_Z, nz))
+    todo = list(range(seg.shape[0])) if slices is None else sorted(slices)
+    for z in runs_of(todo, SLAB_Z):
         lab = labels.read(z)
         check_labels(lab, polarity, f"labels {labels.path} (slices {z.start}..{z.stop})")
         cells = seg.read(z)
@@ -62,5 +64,5 @@ def score_segmentation(seg: Volume, labels: Volume, polarity: Polarity,
         for k, v in segmentation_sums(cells, membrane_mask(lab, polarity)).items():
             totals[k] += v
         if progress is not None:
-            progress(z.stop, nz)
+            progress(int(totals["n_slices"]), len(todo))
     return {**segmentation_scores(totals), "n_cells": len(ids)}

@@ -47,6 +47,18 @@ def parse_slices(selection: str, n_slices: int) -> list[int]:
     return out
 
 
+def runs_of(indices: list[int], size: int) -> list[slice]:
+    """Sorted slice ``indices`` cut into runs of consecutive slices, each at most ``size`` long:
+    the reads that stream a selection ([0, 1, 2, 5] with size 2 -> 0:2, 2:3, 5:6)."""
+    out: list[slice] = []
+    for i in indices:
+        if out and out[-1].stop == i and i - out[-1].start < size:
+            out[-1] = slice(out[-1].start, i + 1)
+        else:
+            out.append(slice(i, i + 1))
+    return out
+
+
 def parse_slice_range(text: str, what: str = "validation slices") -> tuple[int, int]:
     """'20-29' (inclusive, as the augment flow writes ranges) → (20, 30), a half-open z range."""
     try:

@@ -122,7 +122,7 @@ def _best_logged(run: TrainingRun, upto: int) -> list[dict[str, Any]]:
     """Validation records of steps <= ``upto`` in a run's log: scored after the checkpoint
     at ``upto`` was written (validation is scored in the background), so the checkpoint's
     own ``best`` may not know them."""
-    return [{k: v for k, v in r.items() if k != "kind"} for r in run.read_log()
+    return [{k: v for k, v in r.items() if k not in ("kind", "loop_s")} for r in run.read_log()
             if r.get("kind") == "val" and int(r.get("step", upto + 1)) <= upto and "v_rand" in r]
 
 
@@ -188,7 +188,7 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
                                    "deterministic": cfg.deterministic})
 
         def on_scores(current: int, val_step: int, weights: dict[str, torch.Tensor],
-                      scores: dict[str, Any]) -> None:
+                      scores: dict[str, Any], loop_s: float) -> None:
             nonlocal best_metrics
             if not best_metrics or scores["v_rand"] > best_metrics["v_rand"]:
                 best_metrics = dict(sorted({"step": val_step, **scores}.items()))
@@ -196,7 +196,7 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
                 save_checkpoint(best_path, weights, model_cfg, step=val_step, training_data=trained_on,
                                 extra={"metrics": best_metrics, "identity": identity,
                                        "deterministic": cfg.deterministic})
-            run.log({"kind": "val", "step": val_step, **scores})
+            run.log({"kind": "val", "step": val_step, "loop_s": loop_s, **scores})
             if progress is not None:
                 progress(current, cfg.steps, val_step=val_step, v_rand=round(scores["v_rand"], 4),
                          v_rand_threshold=scores["v_rand_threshold"], v_info=round(scores["v_info"], 4),
@@ -204,11 +204,13 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
 
         def validate(step: int) -> None:
             while scorer.n_pending >= MAX_PENDING_VALIDATIONS:  # the scorer lags: wait for the oldest
-                (s, w), scores = scorer.wait_oldest()
-                on_scores(step, s, w, scores)
+                (s, w, t), scores = scorer.wait_oldest()
+                on_scores(step, s, w, scores, t)
             prob = trainer.predict(validation.image, cfg.val_batch_size, tta=cfg.val_tta)
             weights = _weights_copy(trainer.model)  # the best checkpoint, should these scores be the best
-            scorer.submit(prob, validation.membrane, cfg.val_thresholds, tag=(step, weights))
+            # With the loop's wall time when this validation was taken: the curve of score against time.
+            scorer.submit(prob, validation.membrane, cfg.val_thresholds,
+                          tag=(step, weights, round(time.perf_counter() - t_loop, 1)))
 
         # metrics.jsonl is append-only while a run lasts: a resume record opens each segment, and
         # records of steps after the resumed checkpoint (from the killed attempt) are superseded by
@@ -261,8 +263,8 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
                     loss_sum.zero_()
                     n_loss = 0
                 t_val = time.perf_counter()
-                for (s, w), scores in scorer.ready():
-                    on_scores(step, s, w, scores)
+                for (s, w, t), scores in scorer.ready():
+                    on_scores(step, s, w, scores, t)
                 if do_val:
                     validate(step)
                 val_blocking_s += time.perf_counter() - t_val
@@ -270,8 +272,8 @@ def train(dataset: TrainingSet, validation: ValidationData, model_dir: str, mode
                     save_last(step)
                     last_good = step
             t_val = time.perf_counter()
-            for (s, w), scores in scorer.drain():  # the last validations, before the run counts as done
-                on_scores(max(start, cfg.steps), s, w, scores)
+            for (s, w, t), scores in scorer.drain():  # the last validations, before the run counts as done
+                on_scores(max(start, cfg.steps), s, w, scores, t)
             val_blocking_s += time.perf_counter() - t_val
         loop_s = time.perf_counter() - t_loop
         n_images = max(0, cfg.steps - start) * cfg.batch_size

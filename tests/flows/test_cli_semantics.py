@@ -110,3 +110,41 @@ def test_evaluate_sweeps_the_given_thresholds(tmp_path: Path, monkeypatch: pytes
     assert exit_info.value.code == 2 and "\n" not in err
     assert err.startswith("emseg: error: ValueError: --thresholds takes") and "'0.1,1.2'" in err
     assert not (ws / "reports" / "s").exists()
+
+
+def test_evaluate_scores_the_given_slices_and_refuses_bad_ones(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    ws = tmp_path / "ws"
+    labels = membranes_255((4, 32, 48))
+    prediction = labels.copy()
+    prediction[2:] = 0  # right on slices 0-1, nothing predicted on 2-3
+    for folder, kind, data in (("labels", "label", labels), ("predictions", "prediction", prediction)):
+        w = create_volume(ws / folder / "v.zarr", data.shape, np.uint8, (30, 4, 4), kind=kind)  # type: ignore[arg-type]
+        if kind == "label":
+            w.update_attrs(label_polarity="nonzero_is_membrane")
+        w.write(0, data)
+        w.mark_complete()
+    args = ["emseg", "evaluate", "--prediction", "v", "--labels", "v", "--workspace", str(ws),
+            "--polarity", "nonzero_is_membrane"]
+    scores = {}
+    for run, chosen in (("right", ["--slices", "0-1"]), ("whole", [])):
+        monkeypatch.setattr("sys.argv", [*args, "--run", run, *chosen])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 0, capsys.readouterr().err
+        scores[run] = json.loads((ws / "reports" / run / "metrics.json").read_text())
+    assert scores["right"]["slices"] == "0-1" and scores["right"]["n_slices"] == 2
+    assert scores["right"]["v_rand"] == pytest.approx(1.0) and scores["right"]["isbi_pixel_error"] == 0.0
+    assert scores["whole"]["slices"] is None and scores["whole"]["n_slices"] == 4
+    assert scores["whole"]["v_rand"] < 0.9
+    monkeypatch.setattr("sys.argv", [*args, "--run", "bad", "--slices", "2-9"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err
+    assert err == ("emseg: error: ValueError: --slices: slice selection '2-9' is out of range: the volume "
+                   "has 4 slices (0..3)")
+    assert not (ws / "reports" / "bad").exists()

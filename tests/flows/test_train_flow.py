@@ -85,6 +85,12 @@ def test_train_then_evaluate_flows(workspace: Workspace) -> None:
     report = read_json(Path(workspace.report_dir("ev")) / "metrics.json")
     assert report["v_rand"] == 1.0 and report["prediction"].endswith("perfect.zarr")
     json.dumps(report)  # JSON-able
+    # --slices passes through the flow: only those slices are scored, and the report says which.
+    out = CliRunner().invoke(app, ["evaluate", "--workspace", workspace.root, "--prediction", "blank",
+                                   "--labels", "em", "--run", "ev45", "--slices", "4-5"])
+    assert out.exit_code == 0, out.output
+    report = read_json(Path(workspace.report_dir("ev45")) / "metrics.json")
+    assert report["slices"] == "4-5" and report["n_slices"] == 2
 
 
 def test_train_cli_offers_the_overlap_override_and_a_report_split() -> None:
