@@ -83,3 +83,16 @@ def test_demo_quiets_prefects_info_logs_unless_the_user_set_a_level(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert [int(v) for v in out.stdout.split()[-2:]] == [30, 30]  # logging.WARNING
+
+
+def test_unknown_recipe_is_refused_before_prefect_starts(tmp_path: Path) -> None:
+    """A typo in --recipe gets one line naming the option, before any server or import of Prefect."""
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--workspace", str(tmp_path / "ws"),
+                           "--recipe", "gpu-fast"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--recipe" in proc.stderr and "gpu-fast" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "ws").exists()
