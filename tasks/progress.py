@@ -16,6 +16,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
+CONSOLE = logging.getLogger("emseg.progress")
+CONSOLE_EVERY_S = 30.0
+
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[Any]:
     """The Prefect run logger inside a run, a plain module logger outside one."""
@@ -40,6 +43,7 @@ class RunProgress:
         self._t0 = time.monotonic()
         self._last = 0.0
         self._first_done: int | None = None
+        self._last_console, self._console_done = 0.0, -1
         try:
             self._artifact_id: Any = create_progress_artifact(0.0, key=key, description=description)
         except MissingContextError:
@@ -63,11 +67,17 @@ class RunProgress:
         rate = (done - self._first_done) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else float("nan")
         details = "".join(f", {k}={v}" for k, v in extra.items())
-        self.log.info(
-            "%s: %d/%d %s (%.1f%%), %.2f %s/s, %s left%s", self.description, done, self.total,
-            self.unit, pct, rate, self.unit,
-            "?" if eta != eta else time.strftime("%H:%M:%S", time.gmtime(eta)), details,
-        )
+        args = (self.description, done, self.total, self.unit, pct, rate, self.unit,
+                "?" if eta != eta else time.strftime("%H:%M:%S", time.gmtime(eta)), details)
+        self.log.info("%s: %d/%d %s (%.1f%%), %.2f %s/s, %s left%s", *args)
+        # Where Prefect's INFO lines are hidden from the terminal (the demo lowers them to warnings),
+        # a long step would run silently for minutes: say where it is on the emseg logger, which
+        # the terminal still shows, every CONSOLE_EVERY_S (and at the end).
+        due = finished or now - self._last_console >= CONSOLE_EVERY_S
+        repeated = finished and done == self._console_done and not extra  # the end, said already
+        if due and not repeated and not self.log.isEnabledFor(logging.INFO):
+            self._last_console, self._console_done = now, done
+            CONSOLE.info("%s: %d/%d %s (%.1f%%), %.2f %s/s, %s left%s", *args)
 
 
 class _ToRunLogger(logging.Handler):
