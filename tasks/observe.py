@@ -22,7 +22,8 @@ from prefect.exceptions import MissingContextError
 from storage.files import remove_stale, write_png
 from storage.volume import open_volume
 from unet.cell_preview import segmentation_preview
-from unet.preview import evenly_spaced, preview_strip, to_u8
+from unet.labels import polarity_of_dataset
+from unet.preview import PANEL_CAPTIONS, evenly_spaced, label_panel, preview_strip, to_u8
 
 THUMB_WIDTH = 384
 
@@ -57,13 +58,18 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
     for other in (pred, lab, seg):
         if other is not None and other.shape != raw.shape:
             raise ValueError(f"{other.path} has shape {other.shape}, {raw.path} has {raw.shape}")
+    polarity = polarity_of_dataset(dict(lab.attrs) if lab is not None else {})
     nz = raw.shape[0]
     zs = evenly_spaced(0, nz, n_slices)
     out: list[dict[str, Any]] = []
     for z in zs:
         def one(v: Any, z: int = z) -> np.ndarray | None:
             return None if v is None else v.read(slice(z, z + 1))[0]
-        strip = preview_strip(one(raw), one(pred), one(lab))  # type: ignore[arg-type]
+        label = one(lab)
+        panels = (one(raw), one(pred), None if label is None else label_panel(label, polarity))
+        names = (f"raw z={z}", *PANEL_CAPTIONS[1:])
+        captions = [c for c, v in zip(names, panels, strict=True) if v is not None]
+        strip = preview_strip(*panels, captions=captions)  # type: ignore[arg-type]
         path = os.path.join(out_dir, f"preview-z{z:04d}.png")
         write_png(path, strip)
         out.append({"z": z, "path": path, "thumb": thumbnail_data_uri(strip)})

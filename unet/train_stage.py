@@ -21,7 +21,7 @@ from storage.volume import open_volume
 from storage.workspace import Workspace
 from unet.labels import polarity_of_dataset
 from unet.model import UNetConfig
-from unet.preview import evenly_spaced, preview_strip
+from unet.preview import PANEL_CAPTIONS, evenly_spaced, label_panel, preview_strip
 from unet.split import default_split, parse_slice_range
 from unet.train import TrainConfig
 
@@ -127,8 +127,10 @@ def validation_preview(workspace: Workspace, checkpoint: str, val_image: str, va
     labels = np.stack([label_vol.read(slice(z, z + 1))[0] for z in zs])
     model, _ = load_model(checkpoint, map_location=resolve_device("auto"))
     prob = predict_slices(model, images)
-    rows = [preview_strip(img, (p * 255).round().astype(np.uint8), lab)
-            for img, p, lab in zip(images, prob, labels, strict=True)]
+    polarity = polarity_of_dataset(dict(label_vol.attrs))
+    rows = [preview_strip(img, (p * 255).round().astype(np.uint8), label_panel(lab, polarity),
+                          captions=(f"raw z={z}", *PANEL_CAPTIONS[1:]))
+            for z, img, p, lab in zip(zs, images, prob, labels, strict=True)]
     sep = np.full((4, rows[0].shape[1]), 255, np.uint8)
     strip = np.concatenate([part for r in rows for part in (r, sep)][:-1], axis=0)
     path = workspace.report_file(run, "validation.png")

@@ -11,6 +11,7 @@ from PIL import Image
 
 from storage.volume import create_volume
 from tasks.observe import artifact_key, preview_strip, save_previews, summary_markdown
+from unet.preview import CAPTION_PX, label_panel
 
 
 def test_preview_strip_places_panels_side_by_side():
@@ -40,8 +41,12 @@ def test_save_previews_writes_strips_of_chosen_slices(tmp_path):
                         str(tmp_path / "lab.zarr"), n_slices=3)
     assert [p["z"] for p in out] == [0, 2, 4]
     img = np.asarray(Image.open(out[1]["path"]))
-    assert img.shape == (6, 8 * 3 + 4 * 2)
-    assert (img[:, :8] == raw[2]).all()
+    assert img.shape == (CAPTION_PX + 6, 8 * 3 + 4 * 2)
+    assert (img[CAPTION_PX:, :8] == raw[2]).all()
+    # The label (ISBI polarity: 0 = membrane, the odd columns 255 = interior) is drawn as its
+    # membrane mask, membrane white as in the prediction: the even columns.
+    label_panel = img[CAPTION_PX:, 8 * 2 + 4 * 2:]
+    assert (label_panel[:, 0::2] == 255).all() and (label_panel[:, 1::2] == 0).all()
     thumb = Image.open(io.BytesIO(base64.b64decode(out[1]["thumb"].split(",", 1)[1])))
     assert thumb.size == (img.shape[1], img.shape[0])
     with pytest.raises(ValueError, match="has shape"):
@@ -61,3 +66,19 @@ def test_summary_markdown_lists_outputs_metrics_previews():
 
 def test_artifact_keys_are_made_valid():
     assert artifact_key("Nightly_Summary v1") == "nightly-summary-v1"
+
+
+def test_captions_name_each_panel_and_labels_of_either_polarity_draw_membranes_white():
+    raw = np.full((20, 60), 100, np.uint8)
+    isbi = np.full((20, 60), 255, np.uint8)
+    isbi[:, 30] = 0  # one membrane column, ISBI polarity
+    other = 255 - isbi  # the same membrane, membranes non-zero
+    assert (label_panel(isbi, "zero_is_membrane") == label_panel(other, "nonzero_is_membrane")).all()
+    assert label_panel(isbi, "zero_is_membrane")[:, 30].min() == 255
+    strip = preview_strip(raw, None, label_panel(isbi, "zero_is_membrane"), gap=2, captions=["raw", "label"])
+    assert strip.shape == (CAPTION_PX + 20, 60 + 2 + 60)
+    caption = strip[:CAPTION_PX]
+    assert (caption[:, :60] < 128).any() and (caption[:, 62:] < 128).any()  # text drawn over each panel
+    assert (strip[CAPTION_PX:, :60] == 100).all()
+    with pytest.raises(ValueError, match="captions"):
+        preview_strip(raw, None, None, captions=["raw", "extra"])
