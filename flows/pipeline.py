@@ -218,7 +218,7 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
     metrics_path = os.path.join(paths["report"], "metrics.json")
     eval_expected = {"prediction": paths["prediction"], "labels": paths["labels"],
                      "polarity": p.evaluate.polarity, "slices": p.evaluate.slices or None,
-                     "held_out.slices": p.val_slices}
+                     "held_out.slices": p.val_slices, "thresholds": list(p.evaluate.thresholds)}
     runner.step(
         "evaluate", paths["report"], lambda: read_record(metrics_path), eval_expected,
         lambda mode: evaluate_flow(workspace=p.workspace, prediction=p.name, labels=p.name,

@@ -72,3 +72,9 @@ def test_default_split_and_rerun_after_replaced_training(prefect_server, tmp_pat
     shown = capsys.readouterr().out
     assert "held-out slices 11-15 (the prediction, as inferred):" in shown
     assert f"v_rand           {again['held_out']['v_rand']:.4f}" in shown
+
+    # Other thresholds: the prediction is scored again (and only that), with those thresholds.
+    swept = pipeline_flow(_params(ws, inputs, train=train, evaluate={"thresholds": [0.3, 0.5, 0.7]}))
+    assert {s["step"]: s["action"] for s in swept["steps"]}["evaluate"] == "replace"
+    assert [s["action"] for s in swept["steps"][:4]] == ["skipped"] * 4
+    assert read_json(ws / "reports" / "r1" / "metrics.json")["thresholds"] == [0.3, 0.5, 0.7]
