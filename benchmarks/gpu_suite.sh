@@ -42,14 +42,17 @@ run gpu-tests "${GPU_TESTS_LIMIT:-90}" $PY -m pytest -q -p no:cacheprovider -m g
 
 if [ -n "${SMOKE:-}" ]; then
   run train "${TRAIN_LIMIT:-300}" $PY benchmarks/train_isbi.py --cpu-smoke --steps 4 --val-every 4 \
-      --bare-steps 2 --data "$DATA"
+      --bare-steps 2 --budget-s 2 --data "$DATA"
   run infer "${INFER_LIMIT:-300}" $PY benchmarks/infer.py --shape 2 512 512 --base 8 --depth 3 --tile 128 \
       --overlap 16 --halo 8 --block 2 256 256 --chunk 128 --batch 4 --forward-seconds 1 --monai-gib 0.05 \
       --content noise --workdir "${TMPDIR:-/tmp}/emseg-gpu-suite-infer"
   run augment "${AUGMENT_LIMIT:-120}" $PY benchmarks/augment.py --samples 16 --repeats 2
 else
-  # Issue 5: V_rand >= 0.97 within 15 min on one H100, loop >= 0.9x the bare step.
-  run train "${TRAIN_LIMIT:-220}" $PY benchmarks/train_isbi.py --data "$DATA" --workdir /tmp/emseg-train
+  # Issues 5 and 12: V_rand >= 0.97 on slices 20-29, loop >= 0.9x the bare step. The step count is
+  # fitted to 120 s of training from the bare step's measured rate (--budget-s), and 800 MLS samples
+  # (augmented sequentially, about 30 ms each) leave the rest of the limit for scoring.
+  run train "${TRAIN_LIMIT:-220}" $PY benchmarks/train_isbi.py --data "$DATA" --workdir /tmp/emseg-train \
+      --samples 800 --budget-s 120
   # Issue 10: a 2.1 Gvoxel ISBI mosaic Zarr -> Zarr with the default geometry (tile 2560, overlap 224,
   # halo 112, blocks 1 x 4672^2, crop), compiled bf16 base 64 / depth 5: (a) engine, (b) bare forward,
   # (c) MONAI, (d) block copy (I/O ceiling), (e) engine with a zero-cost predictor, all in one run.

@@ -101,6 +101,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, help="augmented training samples")
     ap.add_argument("--val-every", type=int)
     ap.add_argument("--bare-steps", type=int)
+    ap.add_argument("--budget-s", type=float, help="fit the step count to this many seconds of training: "
+                    "the bare step's images/s is measured first and the steps set to 85 %% of what it "
+                    "allows (at least 100, or --steps if fewer), so the run reports within a device "
+                    "call's time limit")
     ap.add_argument("--tta", action="store_true", help="8-fold flip/rotation averaging at validation")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--val-slices", default="20-24", help="selection split: picks the best checkpoint")
@@ -142,10 +146,22 @@ def main() -> None:
     val = ValidationData.from_volumes(image_vol, label_vol, val_z)
     report_split = ValidationData.from_volumes(image_vol, label_vol, report_z)
     model_cfg = UNetConfig(base_channels=args.base, depth=args.depth)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, val_every=args.val_every,
-                      warmup_steps=min(100, args.steps // 10), val_tta=args.tta, compile=args.compile,
-                      loader_threads=2 if not cuda else 6)
     device = torch.device("cuda" if cuda else "cpu")
+
+    def train_config(steps: int) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=args.batch_size, crop=args.crop,
+                           val_every=min(args.val_every, steps), warmup_steps=min(100, steps // 10),
+                           val_tta=args.tta, compile=args.compile, loader_threads=2 if not cuda else 6)
+
+    cfg = train_config(args.steps)
+    bare_first = None
+    if args.budget_s:
+        bare_first = bare_step_throughput(model_cfg, cfg, BatchSource(ts, cfg, "zero_is_membrane", pin=cuda),
+                                          device, args.bare_steps)
+        fitted = int(0.85 * args.budget_s * bare_first / args.batch_size)
+        cfg = train_config(max(min(100, args.steps), fitted))
+        print(f"budget {args.budget_s:.0f} s at {bare_first:.1f} images/s (bare step): {cfg.steps} steps",
+              flush=True)
     t0 = time.perf_counter()
     def show(step: int, total: int, **m: float) -> None:
         if "v_rand" in m:
@@ -161,8 +177,8 @@ def main() -> None:
     both_scores = score_prediction(predict_slices(best_model, both.image, batch_size=cfg.val_batch_size,
                                                   tta=cfg.val_tta, amp=cfg.amp),
                                    both.membrane, cfg.val_thresholds)
-    bare = bare_step_throughput(model_cfg, cfg, BatchSource(ts, cfg, "zero_is_membrane", pin=cuda), device,
-                                args.bare_steps)
+    bare = bare_first or bare_step_throughput(
+        model_cfg, cfg, BatchSource(ts, cfg, "zero_is_membrane", pin=cuda), device, args.bare_steps)
     best = result.best_metrics
 
     def scores(m: dict[str, float], slices: str) -> dict[str, object]:
@@ -176,7 +192,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "model": model_cfg.model_dump(),
         "train": cfg.model_dump(include={"steps", "batch_size", "crop", "lr", "val_every", "val_scoring"}),
-        "samples": args.samples, "best_step": best["step"],
+        "samples": args.samples, "best_step": best["step"], "budget_s": args.budget_s,
         "selection": scores(best, args.val_slices),
         "report": scores(result.report_metrics, args.report_slices),
         "selection_and_report": scores(both_scores, z_both),
