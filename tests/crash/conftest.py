@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.crash.harness import Commands, Outcome, summary_table
+from tests.crash.harness import CRASH_OUTCOME, Commands, Outcome
 
 
 @pytest.fixture
@@ -19,23 +18,13 @@ def commands() -> Iterator[Commands]:
         cmds.close()
 
 
-# Every crash test's outcome, in the order run: written to <basetemp>/crash-results.json as the
-# tests finish and printed as a table at the end of the session (docs/benchmarks.md quotes it).
-_RESULTS: list[dict[str, object]] = []
-
-
+# Every crash test's outcome: written to <basetemp>/crash-results.json as the tests finish and
+# printed as a table at the end of the session (docs/benchmarks.md quotes it), by the hooks in
+# tests/conftest.py. The outcome travels in the test's report (its user_properties), so that under
+# pytest-xdist the controller, which prints the summary, has the rows of every worker.
 @pytest.fixture
-def record(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Outcome], None]:
-    path = tmp_path_factory.getbasetemp() / "crash-results.json"
-
+def record(request: pytest.FixtureRequest) -> Callable[[Outcome], None]:
     def add(outcome: Outcome) -> None:
-        _RESULTS.append(outcome.as_row())
-        path.write_text(json.dumps(_RESULTS, indent=2))
+        request.node.user_properties.append((CRASH_OUTCOME, outcome.as_row()))
 
     return add
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _RESULTS:
-        terminalreporter.write_sep("-", "crash consistency: kill, run the same command again")
-        terminalreporter.write_line(summary_table(_RESULTS))

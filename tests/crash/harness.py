@@ -102,6 +102,10 @@ def iter_kill_points(seed: int, total: int, n: int) -> Iterator[int]:
         yield int(rng.integers(int(lo), max(int(lo) + 1, int(hi))))
 
 
+# The key of an Outcome's row in a test report's user_properties (tests/crash/conftest.py).
+CRASH_OUTCOME = "crash_outcome"
+
+
 class Outcome:
     """What one kill-and-run-again test saw: kills made, re-runs that continued (reached the next
     kill point, or finished with exit 0), and whether the outputs equal an uninterrupted run's."""

@@ -2,9 +2,8 @@
 
 Covers: the pipeline triggered through the API with small parameters (outputs and
 artifacts), the nightly inbox (good stack processed, corrupt one reported, nothing new
-the second time), parameter validation (rejected with the field named), and a worker
-killed mid-run (the run ends Crashed through the zombie automation; a re-run finishes the
-work without redoing finished steps).
+the second time) and parameter validation (rejected with the field named). A worker killed
+mid-run: tests/e2e/test_worker_killed.py.
 """
 
 from __future__ import annotations
@@ -164,37 +163,3 @@ def test_missing_input_fails_before_any_work(api, tmp_path: Path):
     assert state.is_failed()
     assert "source" in state.message and "no file or folder" in state.message
     assert not workspace.exists()
-
-
-def test_killed_worker_run_crashes_and_rerun_resumes(api, prefect_stack: PrefectStack, tmp_path: Path):
-    inputs, workspace = tmp_path / "inputs", tmp_path / "ws"
-    write_stack(inputs, seed=5)
-    # Heavier steps than the other tests, so that the run is still training when it is killed.
-    params = small_pipeline_params(workspace, inputs, run="long",
-                                   unet={"depth": 3, "base_channels": 16},
-                                   train={"steps": 200, "batch_size": 4, "crop": 128, "val_every": 20,
-                                          "log_every": 10, "loader_threads": 1, "prefetch": 2})
-    from prefect.deployments import run_deployment
-
-    run = run_deployment("pipeline/pipeline", parameters={"params": params}, timeout=0)
-    metrics_log = workspace / "models" / "long" / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    while not (metrics_log.exists() and '"kind": "val"' in metrics_log.read_text()):
-        assert time.monotonic() < deadline, "training never validated"
-        time.sleep(0.2)
-    prefect_stack.kill_worker("gpu")  # the pipeline deployment runs in the gpu pool
-    killed_at = max(json.loads(line)["step"] for line in metrics_log.read_text().splitlines())
-    assert killed_at < 200
-    state = wait_for_run(run.id, timeout=180)
-    assert state.name == "Crashed", f"{state.name}: {state.message}"
-    assert not (workspace / "reports" / "long" / "metrics.json").exists()
-
-    prefect_stack.start_worker("gpu")
-    run2, state2 = _run("pipeline/pipeline", {"params": params}, timeout=300)
-    assert state2.is_completed(), state2.message
-    summary = _artifacts(run2.id)["pipeline-long-summary"].data
-    assert "ingest: skipped" in summary and "augment: skipped" in summary
-    assert "train: resume" in summary  # from its last checkpoint, not from step 0
-    starts = [json.loads(line) for line in metrics_log.read_text().splitlines()]
-    assert [r["kind"] for r in starts if r["kind"] in ("start", "resume")] == ["start", "resume"]
-    assert (workspace / "reports" / "long" / "metrics.json").is_file()

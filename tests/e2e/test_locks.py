@@ -23,10 +23,14 @@ def test_second_writer_of_an_output_waits(prefect_stack: PrefectStack):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     events: list[str] = []
+    other_done = threading.Event()
     with temporary_settings({PREFECT_API_URL: prefect_stack.api_url}):
         def first() -> None:
             with output_lock("/ws/predictions/locked.zarr"):
                 events.append("first in")
+                # Held until the other output's lock was taken (were that one to wait for this
+                # one, "first out" would come first), then 2 s more while the second writer waits.
+                other_done.wait(timeout=120)
                 time.sleep(2.0)
                 events.append("first out")
 
@@ -37,6 +41,7 @@ def test_second_writer_of_an_output_waits(prefect_stack: PrefectStack):
             time.sleep(0.05)
         with output_lock("/ws/predictions/other.zarr"):  # another output: no waiting
             events.append("other")
+        other_done.set()
         with output_lock("/ws/predictions/locked.zarr"):
             events.append("second in")
         t.join()

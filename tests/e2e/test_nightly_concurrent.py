@@ -39,8 +39,11 @@ def test_two_nightly_runs_with_separate_prefect_homes(tmp_path: Path) -> None:
 
     procs = []
     for k in range(2):
+        # Each starts Prefect's temporary server: as the session's own (tests/conftest.py), allowed
+        # 90 s to come up on a loaded machine instead of Prefect's default 20 s.
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{k}"), "PREFECT_API_URL": "",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
         env.pop("PREFECT_API_URL")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "nightly", "--inbox", str(inbox), "--workspace", str(ws),
