@@ -14,6 +14,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,19 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 os.environ.pop("PREFECT_API_URL", None)
 
 ISBI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
+
+
+@pytest.fixture
+def commands() -> Iterator[Any]:
+    """Real ``emseg`` commands run as subprocesses (:class:`tests.crash.harness.Commands`: killed
+    at chosen points, and with the test if it dies)."""
+    from tests.crash.harness import Commands
+
+    cmds = Commands()
+    try:
+        yield cmds
+    finally:
+        cmds.close()
 
 
 @pytest.fixture(scope="session")

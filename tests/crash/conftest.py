@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from tests.crash.harness import CRASH_OUTCOME, Commands, Outcome
-
-
-@pytest.fixture
-def commands() -> Iterator[Commands]:
-    cmds = Commands()
-    try:
-        yield cmds
-    finally:
-        cmds.close()
+from tests.crash.harness import CRASH_OUTCOME, Outcome
 
 
 # Every crash test's outcome: written to <basetemp>/crash-results.json as the tests finish and

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import tifffile
-import torch
 
 from storage.runs import mark_run_complete
 from storage.synthetic import SyntheticSpec, generate_volume
 from storage.volume import open_volume
-from unet.checkpoint import save_checkpoint
-from unet.model import UNet, UNetConfig
+from tests.crash.inputs import untrained_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -32,9 +30,7 @@ def test_two_nightly_runs_with_separate_prefect_homes(tmp_path: Path) -> None:
                          photometric="minisblack")
     run = ws / "models" / "r1"
     run.mkdir(parents=True)
-    torch.manual_seed(0)
-    mcfg = UNetConfig(depth=3, base_channels=4, norm="none")
-    save_checkpoint(run / "checkpoint-best.pt", UNet(mcfg), mcfg)
+    untrained_checkpoint(run / "checkpoint-best.pt")
     mark_run_complete(run)
 
     procs = []

@@ -10,16 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from storage.errors import StoreExistsError
 from storage.runs import mark_run_complete
 from storage.synthetic import SyntheticSpec, generate_volume
 from storage.volume import create_volume
 from storage.workspace import Workspace
-from unet.checkpoint import save_checkpoint
+from tests.crash.inputs import untrained_checkpoint
 from unet.infer_config import InferConfig
-from unet.model import UNet, UNetConfig
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
@@ -36,9 +34,7 @@ def test_nightly_counts_a_stack_whose_outputs_another_run_made_as_done(tmp_path:
                     photometric="minisblack")
     run = ws / "models" / "r1"
     run.mkdir(parents=True)
-    torch.manual_seed(0)
-    mcfg = UNetConfig(depth=3, base_channels=4, norm="none")
-    save_checkpoint(run / "checkpoint-best.pt", UNet(mcfg), mcfg)
+    untrained_checkpoint(run / "checkpoint-best.pt")
     mark_run_complete(run)
     params = NightlyParams(inbox=str(inbox), workspace=str(ws), settle_s=0, infer=CFG)
 

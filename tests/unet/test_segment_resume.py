@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,15 +70,6 @@ sys.argv = ["emseg", *sys.argv[3:]]
 from flows.cli import main
 main()
 """
-
-
-@pytest.fixture
-def commands() -> Iterator[Commands]:
-    cmds = Commands()
-    try:
-        yield cmds
-    finally:
-        cmds.close()
 
 
 def make_workspace(root: Path) -> Workspace:
