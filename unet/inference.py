@@ -14,7 +14,6 @@ or re-run group redoes only unfinished blocks and writes the same bytes.
 
 from __future__ import annotations
 
-import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from unet.predictor import (
     INPUT_SCALE,
     AffinePredictor,
     ModelPredictor,
+    cached_predictor,
     check_fits_model,
     effective_precision,
     load_predictor,
@@ -61,7 +61,7 @@ Progress = Callable[[int, int], None]
 __all__ = ["INPUT_SCALE", "AffinePredictor", "BlockPredictor", "InFlightMeter", "InferConfig", "InferJob",
            "ModelPredictor", "block_bytes", "check_fits_model", "effective_precision", "finish_run",
            "infer_volume", "load_predictor", "mirror_pad", "predict_block", "prepare_run", "resolve_device",
-           "run_group", "run_pending", "stream_blocks"]
+           "run_group", "run_pending", "stream_blocks", "cached_predictor"]
 
 
 def mirror_pad(data: np.ndarray, block: Block) -> np.ndarray:
@@ -102,23 +102,6 @@ class InferJob:
     def plan(self, shape: Sequence[int]) -> list[Block]:
         cfg = self.config
         return plan_blocks(shape, cfg.block_shape, cfg.halo, (1, *cfg.tile))
-
-
-_PREDICTORS: dict[Any, Predictor] = {}
-_PREDICTORS_LOCK = threading.Lock()
-
-
-def _predictor_for(factory: Callable[[], Predictor]) -> Predictor:
-    # One model per process: Dask workers run many groups and must not reload each time.
-    try:
-        key: Any = pickle.dumps(factory)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        key = ("unpicklable", id(factory))  # an in-process factory (closure): identity is enough
-    with _PREDICTORS_LOCK:
-        if key not in _PREDICTORS:
-            _PREDICTORS.clear()
-            _PREDICTORS[key] = factory()
-        return _PREDICTORS[key]
 
 
 def _block_predictor(predictor: Predictor, job: InferJob) -> BlockPredictor:
@@ -173,7 +156,7 @@ def run_group(job: InferJob, block_ids: Sequence[int],
     source = BlockArray(job.volume_path, LEVEL0)
     store = open_prediction_for_blocks(job.prediction_path)
     blocks = job.plan(source.shape)
-    n = run_blocks(job, source, store, block_ids, _predictor_for(job.predictor_factory), progress=on_block)
+    n = run_blocks(job, source, store, block_ids, cached_predictor(job.predictor_factory), progress=on_block)
     voxels = sum(blocks[i].write.size for i in block_ids)
     return {"blocks": len(block_ids), "written": n, "voxels": voxels, "seconds": time.monotonic() - t0}
 

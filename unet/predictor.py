@@ -14,7 +14,10 @@ is checked exactly; production uses :class:`ModelPredictor` around a U-Net.
 
 from __future__ import annotations
 
+import pickle
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -147,3 +150,25 @@ def load_predictor(checkpoint: str, cfg: InferConfig) -> ModelPredictor:
     check_fits_model(cfg, mcfg)
     return ModelPredictor(model.eval(), cfg, mcfg.n_classes, recorded_membrane_class(payload),
                           recorded_training_data(payload))
+
+
+_PREDICTORS: dict[Any, Any] = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def cached_predictor(factory: Callable[[], Any]) -> Any:
+    """The predictor ``factory`` builds, built once per process (the last factory's is kept).
+
+    Dask workers run many groups of one run and must not reload (and recompile) the model for
+    each; a factory is identified by its pickle, so equal factories share one predictor.
+    """
+    try:
+        key: Any = pickle.dumps(factory)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        key = ("unpicklable", id(factory))  # an in-process factory (closure): identity is enough
+    with _PREDICTORS_LOCK:
+        if key not in _PREDICTORS:
+            _PREDICTORS.clear()
+            _PREDICTORS[key] = factory()
+        return _PREDICTORS[key]
+
