@@ -34,6 +34,7 @@ from storage.prediction import (
 )
 from storage.volume import LEVEL0, open_volume
 from unet.blocks import Block, plan_blocks
+from unet.downsample import downsample_means
 from unet.infer_config import InferConfig, fit_to_volume
 from unet.predictor import (
     INPUT_SCALE,
@@ -53,7 +54,7 @@ from unet.streaming import (
     keep_freed_memory_for_reuse,
     stream_blocks,
 )
-from unet.tiling import BlockPredictor, downsample_means
+from unet.tiling import BlockPredictor
 
 Predictor = Callable[[torch.Tensor], Any]
 Progress = Callable[[int, int], None]

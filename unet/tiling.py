@@ -122,6 +122,16 @@ def accumulate(acc: torch.Tensor, pred: torch.Tensor, window: torch.Tensor) -> N
         acc.addcmul_(pred, window)
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a tensor on ``device`` without waiting for the copy: through pinned memory on CUDA
+    (a copy from pageable memory synchronises the host with the device; block geometries first met
+    mid-run would do so), a view on the CPU."""
+    host = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -204,8 +214,7 @@ class BlockPredictor:
     def _window(self) -> torch.Tensor:
         key = ("window",)
         if key not in self._scales:
-            self._scales[key] = torch.from_numpy(np.array(blend_window(self.cfg.tile, self.cfg.blend))).to(
-                self.device)
+            self._scales[key] = to_device(np.array(blend_window(self.cfg.tile, self.cfg.blend)), self.device)
         return self._scales[key]
 
     def _inverse_weight(self, work: BlockTiles, scale: float) -> torch.Tensor:
@@ -218,7 +227,7 @@ class BlockPredictor:
             for t in work.tiles:
                 weight[t.input.shifted((-y0, -x0)).slices] += window
             local = work.write.shifted((-y0, -x0)).slices
-            self._scales[key] = torch.from_numpy((scale / weight[local]).astype(np.float32)).to(self.device)
+            self._scales[key] = to_device((scale / weight[local]).astype(np.float32), self.device)
         return self._scales[key]
 
     def _write_view(self, work: BlockTiles) -> tuple[slice, slice]:
@@ -259,34 +268,6 @@ class BlockPredictor:
                 dst, src = _owned_in_write(work.tiles[ti], work.write)
                 out[z - w.start[0]][dst.slices] = pred[j][src.slices]
         return out
-
-
-def downsample_means(out: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """Levels 1..``levels`` of a uint8 block (z, y, x): each the 2 x 2 mean of the one above, rounded
-    half to even, odd edges dropped — exactly what :func:`storage.volume.build_pyramid` computes
-    for the whole volume, so a block aligned to 2**levels gives the same bytes."""
-    pyramid: list[torch.Tensor] = []
-    x = out
-    for _ in range(levels):
-        h, w = x.shape[1] // 2, x.shape[2] // 2
-        if x.device.type == "cpu":  # integer sums of the four, rounded half to even: no float passes
-            a = x.numpy()
-            # Row pairs first (contiguous rows, so a fast pass), then column pairs of the half-size
-            # sums: half the strided work of gathering the four corners (measured 2x faster).
-            s = a[:, 0 : 2 * h : 2, : 2 * w].astype(np.uint16)
-            s += a[:, 1 : 2 * h : 2, : 2 * w]
-            t = s[:, :, 0::2] + s[:, :, 1::2]  # sums of the four, 0..1020
-            # round(t / 4) half to even, in integers: (t + 1 + (t >> 2 & 1)) >> 2
-            q = t >> 2
-            q &= 1
-            q += 1
-            q += t
-            q >>= 2
-            x = torch.from_numpy(q.astype(np.uint8))
-        else:
-            x = torch.nn.functional.avg_pool2d(x[:, None].float(), 2)[:, 0].round_().to(torch.uint8)
-        pyramid.append(x)
-    return pyramid
 
 
 def _owned_in_write(tile: Tile, write: Region) -> tuple[Region, Region]:

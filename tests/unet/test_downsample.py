@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unet.tiling import downsample_means
+from unet.downsample import downsample_means
 
 
 def float_reference(x: torch.Tensor) -> torch.Tensor:
