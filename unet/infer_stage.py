@@ -59,20 +59,27 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
     from storage.volume import open_volume
     from unet.checkpoint import checkpoint_sha256
     from unet.inference import finish_run, prepare_run, run_pending
-    from unet.predictor import load_predictor
+    from unet.predictor import cached_predictor, load_predictor, release_predictors
     from unet.voxel_size import check_voxel_size
 
     t0 = time.monotonic()
     volume_path = resolve_volume(workspace, volume)
     prediction_path = workspace.prediction(output or default_name(volume_path))
-    predictor = load_predictor(checkpoint, cfg)  # raises CheckpointError / ValueError before any write
-    source = open_volume(volume_path)
-    check_voxel_size(volume_path, source.voxel_size.as_tuple(), source.attrs.get("voxel_size_unknown", ()),
-                     predictor.training_data, checkpoint, cfg.allow_voxel_size_mismatch)
-    sha = checkpoint_sha256(checkpoint)
-    run = prepare_run(volume_path, prediction_path, functools.partial(load_predictor, checkpoint, cfg), sha,
-                      cfg, overwrite=overwrite)
-    run_pending(run, client=client, progress=progress)
+    factory = functools.partial(load_predictor, checkpoint, cfg)
+    try:
+        # Loaded once, before any write (raises CheckpointError / ValueError): an in-process run
+        # then reuses this predictor (same factory); a cluster's workers load their own.
+        predictor = cached_predictor(factory) if client is None else factory()
+        source = open_volume(volume_path)
+        unknown = source.attrs.get("voxel_size_unknown", ())
+        check_voxel_size(volume_path, source.voxel_size.as_tuple(), unknown, predictor.training_data,
+                         checkpoint, cfg.allow_voxel_size_mismatch)
+        del predictor
+        sha = checkpoint_sha256(checkpoint)
+        run = prepare_run(volume_path, prediction_path, factory, sha, cfg, overwrite=overwrite)
+        run_pending(run, client=client, progress=progress)
+    finally:
+        release_predictors()  # the model's (GPU) memory goes back when the stage ends
     summary = finish_run(prediction_path)
     seconds = time.monotonic() - t0
     return InferResult(prediction=prediction_path, voxels=run.voxels, blocks=run.n_blocks,

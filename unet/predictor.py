@@ -172,3 +172,8 @@ def cached_predictor(factory: Callable[[], Any]) -> Any:
             _PREDICTORS[key] = factory()
         return _PREDICTORS[key]
 
+
+def release_predictors() -> None:
+    """Forget this process's cached predictor, so its model's memory can be freed."""
+    with _PREDICTORS_LOCK:
+        _PREDICTORS.clear()

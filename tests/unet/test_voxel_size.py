@@ -108,3 +108,25 @@ def test_cli_infer_says_so_in_one_line_and_the_flag_lets_it_run(workspace: tuple
         main()
     assert exit_info.value.code == 0 and store_exists(ws.prediction("finer"))
     assert "predicting anyway" in capsys.readouterr().err  # the warning reaches stderr
+
+
+def test_infer_loads_the_checkpoint_once_and_lets_the_model_go_after(workspace: tuple[Workspace, str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check before any write and the run share one loaded model; none stays cached after the stage."""
+    import unet.predictor
+
+    ws, ckpt = workspace
+    loads: list[str] = []
+    real = unet.predictor.load_predictor
+
+    def counting(checkpoint: str, cfg: InferConfig) -> unet.predictor.ModelPredictor:
+        loads.append(checkpoint)
+        return real(checkpoint, cfg)
+
+    monkeypatch.setattr(unet.predictor, "load_predictor", counting)
+    assert infer_stage(ws, "same", ckpt, CFG).blocks_run == 2
+    assert loads == [ckpt]
+    assert not unet.predictor._PREDICTORS
+    with pytest.raises(VoxelSizeMismatchError):  # a refused run lets it go too
+        infer_stage(ws, "finer", ckpt, CFG)
+    assert loads == [ckpt, ckpt] and not unet.predictor._PREDICTORS
