@@ -103,6 +103,11 @@ def infer(
                       **{k: v for k, v in given.items() if v is not None and v is not False})
     if use_prefect(prefect):
         from flows.infer import infer_flow
+        from unet.infer_stage import check_model_fits_volume
+
+        # The checks infer_stage makes before writing, made here before the server starts (seconds,
+        # not a failed flow run after it).
+        check_model_fits_volume(Workspace(workspace), volume, model, cfg)
 
         result = infer_flow(workspace=workspace, volume=volume, checkpoint=model, output=name, config=cfg,
                             dask_address=dask_address, overwrite=overwrite)

@@ -47,6 +47,25 @@ def default_name(volume_path: str) -> str:
     return store_name(volume_path)
 
 
+def check_model_fits_volume(workspace: Workspace, volume: str, checkpoint: str, cfg: InferConfig) -> None:
+    """Refuse, before a server starts or anything is written, a checkpoint that cannot be read, a
+    tile that does not fit the model, or a voxel-size mismatch (:mod:`unet.voxel_size`): what
+    :func:`infer_stage` checks itself, for the ``--prefect`` path, whose flow run would otherwise
+    fail only after the server had started. Reads the checkpoint on the CPU; builds no model."""
+    from storage.volume import open_volume
+    from unet.checkpoint import config_from_checkpoint, load_checkpoint, recorded_training_data
+    from unet.predictor import check_fits_model
+    from unet.voxel_size import check_voxel_size
+
+    payload = load_checkpoint(checkpoint, map_location="cpu")
+    check_fits_model(cfg, config_from_checkpoint(payload, checkpoint))
+    volume_path = resolve_volume(workspace, volume)
+    source = open_volume(volume_path)
+    unknown = source.attrs.get("voxel_size_unknown", ())
+    check_voxel_size(volume_path, source.voxel_size.as_tuple(), unknown, recorded_training_data(payload),
+                     checkpoint, cfg.allow_voxel_size_mismatch)
+
+
 def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferConfig, *,
                 output: str | None = None, overwrite: bool = False, client: Any = None,
                 progress: Progress | None = None) -> InferResult:

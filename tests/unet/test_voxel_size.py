@@ -130,3 +130,27 @@ def test_infer_loads_the_checkpoint_once_and_lets_the_model_go_after(workspace: 
     with pytest.raises(VoxelSizeMismatchError):  # a refused run lets it go too
         infer_stage(ws, "finer", ckpt, CFG)
     assert loads == [ckpt, ckpt] and not unet.predictor._PREDICTORS
+
+
+def test_cli_infer_under_prefect_refuses_before_the_flow_starts(workspace: tuple[Workspace, str],
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    ws, ckpt = workspace
+    started: list[object] = []
+    monkeypatch.setattr("flows.infer.infer_flow", lambda **kw: started.append(kw))
+    monkeypatch.delenv("EMSEG_DEBUG", raising=False)
+    monkeypatch.setattr("sys.argv", ["emseg", "infer", "finer", "--model", ckpt, "--workspace", ws.root,
+                                     "--device", "cpu", "--tile", "32", "--overlap", "8", "--prefect"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and not started
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emseg: error: VoxelSizeMismatchError:") and "\n" not in err
+    monkeypatch.setattr("sys.argv", ["emseg", "infer", "same", "--model", ckpt, "--workspace", ws.root,
+                                     "--tile", "33", "--overlap", "8", "--prefect"])  # odd: a U-Net pools
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and not started and "must be a multiple of 2" in capsys.readouterr().err
+    assert not store_exists(ws.prediction("finer"))
