@@ -26,8 +26,11 @@ import zarr
 
 from storage.errors import IncompleteStoreError, StorageError, StoreExistsError, StoreNotFoundError
 from storage.ledger import Ledger
-from storage.volume import group_array, group_attr, open_volume, store_exists
+from storage.volume import Volume, group_array, group_attr, open_volume, store_exists
 
+# Attribute of a training set: its image volume's voxel size, recorded when the set is made, so
+# checkpoints know it even after the volume has moved (not compared when resuming: see augment).
+SOURCE_VOXEL_SIZE_KEY = "source_voxel_size"
 ARRAYS = {"image": "uint8", "label": "uint8", "weight": "float16"}
 
 
@@ -140,10 +143,20 @@ def resume_training_set(path: str | os.PathLike[str]) -> TrainingSet:
     return _open(path, "r+")
 
 
+def volume_voxel_record(volume: Volume) -> dict[str, Any]:
+    """What a training set keeps of its image volume for checkpoints: the path, voxel size
+    (``voxel_size_nm``, z, y, x) and placeholder axes (``voxel_size_unknown``)."""
+    return {"image": volume.path, "voxel_size_nm": list(volume.voxel_size.as_tuple()),
+            "voxel_size_unknown": list(volume.attrs.get("voxel_size_unknown", []))}
+
+
 def source_voxel_size(training_set: TrainingSet) -> dict[str, Any] | None:
-    """What a checkpoint records of the data its model was trained on: the path, voxel size
-    (``voxel_size_nm``, z, y, x) and placeholder axes (``voxel_size_unknown``) of the image volume
-    ``training_set`` was made from; None when it records no source or the source cannot be opened."""
+    """What a checkpoint records of the data its model was trained on (:func:`volume_voxel_record`):
+    as the training set recorded it when it was made (``source_voxel_size``), else read from the
+    image volume it names (sets made before that record); None when neither is there."""
+    recorded = training_set.attrs.get(SOURCE_VOXEL_SIZE_KEY)
+    if isinstance(recorded, dict) and "voxel_size_nm" in recorded:
+        return dict(recorded)
     image = (training_set.attrs.get("sources") or {}).get("image")
     if not isinstance(image, str):
         return None
@@ -151,5 +164,4 @@ def source_voxel_size(training_set: TrainingSet) -> dict[str, Any] | None:
         volume = open_volume(image, require_complete=False)
     except (StorageError, OSError, ValueError):
         return None
-    return {"image": image, "voxel_size_nm": list(volume.voxel_size.as_tuple()),
-            "voxel_size_unknown": list(volume.attrs.get("voxel_size_unknown", []))}
+    return volume_voxel_record(volume)

@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from storage.dataset import create_training_set, resume_training_set
+from storage.dataset import (
+    SOURCE_VOXEL_SIZE_KEY,
+    create_training_set,
+    resume_training_set,
+    volume_voxel_record,
+)
 from storage.errors import ShapeMismatchError
 from storage.files import write_png
 from storage.freshness import Decision, decide
@@ -72,6 +77,7 @@ class AugmentPlan:
     sample_shape: tuple[int, int]
     attrs: dict[str, Any]
     decision: Decision
+    source_voxel_size: dict[str, Any]  # recorded in a new set, outside ``attrs`` (not compared on resume)
 
 
 def dataset_attrs(image_path: str, labels_path: str, selection: str, slices: list[int],
@@ -110,7 +116,8 @@ def plan_augment(workspace: Workspace, image: str, labels: str, dataset: str,
     if record is not None and not cfg.overwrite:
         resume_training_set(path)  # refuses a store that is not a training set
     decision = decide(record, attrs, overwrite=cfg.overwrite).check(path)
-    return AugmentPlan(path, image_vol.path, label_vol.path, tuple(chosen), shape, attrs, decision)
+    return AugmentPlan(path, image_vol.path, label_vol.path, tuple(chosen), shape, attrs, decision,
+                       volume_voxel_record(image_vol))
 
 
 def load_sources(plan: AugmentPlan, config: AugmentConfig) -> SourceSlices:
@@ -138,7 +145,8 @@ def augment_stage(workspace: Workspace, image: str, labels: str, dataset: str, c
     else:
         if plan.decision.action in ("create", "replace"):
             create_training_set(plan.dataset_path, cfg.n_samples, plan.sample_shape,
-                                group_size=cfg.group_size, attrs=plan.attrs, overwrite=True)
+                                group_size=cfg.group_size, overwrite=True,
+                                attrs={**plan.attrs, SOURCE_VOXEL_SIZE_KEY: plan.source_voxel_size})
         sources = load_sources(plan, cfg.augment)
         written = write_pending_groups(plan.dataset_path, sources, cfg.root_seed, cfg.augment, client=client,
                                        num_workers=num_workers, progress=progress)

@@ -79,3 +79,30 @@ def test_training_records_the_source_volumes_voxel_size_in_every_checkpoint(tmp_
     assert source_voxel_size(make_training_set(tmp_path / "bare.zarr")) is None
     gone = make_training_set(tmp_path / "gone.zarr", attrs={"sources": {"image": str(tmp_path / "no.zarr")}})
     assert source_voxel_size(gone) is None
+
+
+def test_a_training_set_keeps_its_sources_voxel_size_after_the_volume_has_moved(tmp_path: Path) -> None:
+    """augment records the image volume's voxel size in the set; checkpoints get it from there even
+    when the volume is gone, and resuming or reusing the set is not affected by the extra record."""
+    import shutil
+
+    from storage.dataset import open_training_set
+    from storage.synthetic import SyntheticSpec, generate_volume
+    from storage.workspace import Workspace
+    from unet.augment import AugmentConfig
+    from unet.augment_stage import AugmentStageConfig, augment_stage
+
+    ws = Workspace(str(tmp_path / "ws"))
+    block = generate_volume(SyntheticSpec(shape=(6, 64, 64), seed=3, cell_yx=20.0))
+    volumes = ((ws.volume("em"), block.image, "image"), (ws.labels("em"), block.labels, "label"))
+    for path, data, kind in volumes:
+        w = create_volume(path, data.shape, np.uint8, (40, 4.5, 4.5), kind=kind)  # type: ignore[arg-type]
+        w.write(0, data)
+        w.mark_complete()
+    cfg = AugmentStageConfig(n_samples=4, group_size=2, augment=AugmentConfig(max_displacement_px=3.0))
+    assert augment_stage(ws, "em", "em", "set", cfg, num_workers=1).action == "create"
+    expected = {"image": ws.volume("em"), "voxel_size_nm": [40.0, 4.5, 4.5], "voxel_size_unknown": []}
+    assert source_voxel_size(open_training_set(ws.dataset("set"))) == expected
+    assert augment_stage(ws, "em", "em", "set", cfg, num_workers=1).action == "reuse"
+    shutil.rmtree(ws.volume("em"))
+    assert source_voxel_size(open_training_set(ws.dataset("set"))) == expected
