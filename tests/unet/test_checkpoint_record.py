@@ -87,21 +87,16 @@ def test_a_training_set_keeps_its_sources_voxel_size_after_the_volume_has_moved(
     import shutil
 
     from storage.dataset import open_training_set
-    from storage.synthetic import SyntheticSpec, generate_volume
     from storage.workspace import Workspace
+    from tests.crash.inputs import VOXEL_NM, image_and_labels
     from unet.augment import AugmentConfig
     from unet.augment_stage import AugmentStageConfig, augment_stage
 
     ws = Workspace(str(tmp_path / "ws"))
-    block = generate_volume(SyntheticSpec(shape=(6, 64, 64), seed=3, cell_yx=20.0))
-    volumes = ((ws.volume("em"), block.image, "image"), (ws.labels("em"), block.labels, "label"))
-    for path, data, kind in volumes:
-        w = create_volume(path, data.shape, np.uint8, (40, 4.5, 4.5), kind=kind)  # type: ignore[arg-type]
-        w.write(0, data)
-        w.mark_complete()
+    image_and_labels(ws, (6, 64, 64))
     cfg = AugmentStageConfig(n_samples=4, group_size=2, augment=AugmentConfig(max_displacement_px=3.0))
     assert augment_stage(ws, "em", "em", "set", cfg, num_workers=1).action == "create"
-    expected = {"image": ws.volume("em"), "voxel_size_nm": [40.0, 4.5, 4.5], "voxel_size_unknown": []}
+    expected = {"image": ws.volume("em"), "voxel_size_nm": list(VOXEL_NM), "voxel_size_unknown": []}
     assert source_voxel_size(open_training_set(ws.dataset("set"))) == expected
     assert augment_stage(ws, "em", "em", "set", cfg, num_workers=1).action == "reuse"
     shutil.rmtree(ws.volume("em"))
