@@ -100,7 +100,7 @@ def create_volume(
                 shape=lshape,
                 dtype=dtype,
                 chunks=lchunks,
-                shards=shards if level == 0 else None,
+                shards=shards if level == 0 else level_shards(shards, lchunks, level),
                 compressors=_codecs(compression),
                 fill_value=0,
                 dimension_names=("z", "y", "x"),
@@ -123,6 +123,25 @@ def create_volume(
         else:  # object stores cannot rename; identity is written first (above)
             group = build(p)
     return VolumeWriter(p, group, dense_writes(group[LEVEL0]))  # type: ignore[arg-type]
+
+
+def level_shards(shards: Sequence[int] | None, chunks: Sequence[int], level: int) -> tuple[int, ...] | None:
+    """The shard shape (z, y, x) of pyramid level ``level``: level 0's shards halved ``level`` times in
+    y and x, so a level-0 shard and its downsampled levels cover the same region (one writer owns
+    both, as blockwise inference needs), and a level holds a sixteenth of the files of unsharded
+    chunks at level 1 (network file systems suffer from many small files). None (unsharded) where
+    that is not a whole number of ``chunks`` (this level's), or is only one chunk."""
+    if shards is None:
+        return None
+    out = []
+    for axis, (shard, chunk) in enumerate(zip(shards, chunks, strict=True)):
+        factor = 1 if axis == 0 else 1 << level
+        if shard % factor or (shard // factor) % chunk:
+            return None
+        out.append(shard // factor)
+    if out[1:] == list(chunks[1:]):
+        return None
+    return tuple(out)
 
 
 _TMP_MARK = ".creating-"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,32 @@ def test_write_refuses_region_that_overruns(tmp_path: Path) -> None:
 def test_bad_voxel_size() -> None:
     with pytest.raises(ValueError, match="voxel size along y must be a positive number, got -1"):
         VoxelSize(1.0, -1.0, 1.0)
+
+
+def test_pyramid_levels_are_sharded_like_level_0_halved(tmp_path: Path) -> None:
+    """Level L's shards are level 0's halved L times in y, x (the same region, so one writer owns a
+    block at every level), unsharded where that is not several whole chunks; the bytes are those of
+    the unsharded pyramid, in a fraction of the files."""
+    from storage.volume_create import level_shards
+
+    assert level_shards((1, 4672, 4672), (1, 584, 584), 1) == (1, 2336, 2336)
+    assert level_shards((1, 4672, 4672), (1, 584, 584), 2) == (1, 1168, 1168)
+    assert level_shards((1, 4672, 4672), (1, 584, 584), 3) is None  # one chunk a shard
+    assert level_shards((1, 96, 96), (1, 32, 32), 1) is None  # 48 is not whole chunks of 32
+    assert level_shards(None, (1, 32, 32), 1) is None
+    data = np.random.default_rng(0).integers(0, 256, (2, 128, 128), dtype=np.uint8)
+    files = {}
+    for name, shards in (("sharded", (1, 64, 64)), ("plain", None)):
+        w = create_volume(tmp_path / f"{name}.zarr", data.shape, np.uint8, (40, 4, 4), chunks=(1, 16, 16),
+                          shards=shards, pyramid_levels=3)
+        w.write(0, data)
+        build_pyramid(w)
+        w.mark_complete()
+        vol = open_volume(tmp_path / f"{name}.zarr")
+        files[name] = [np.asarray(vol.level(i)[:]) for i in range(4)]
+        assert [vol.level(i).shards for i in range(4)] == (
+            [(1, 64, 64), (1, 32, 32), None, None] if shards else [None] * 4)
+    for a, b in zip(files["sharded"], files["plain"], strict=True):
+        np.testing.assert_array_equal(a, b)
+    count = {name: sum(len(f) for _, _, f in os.walk(tmp_path / f"{name}.zarr" / "s1")) for name in files}
+    assert count["sharded"] < count["plain"] // 3
