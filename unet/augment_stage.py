@@ -24,9 +24,10 @@ from storage.dataset import (
     volume_voxel_record,
 )
 from storage.errors import ShapeMismatchError
-from storage.files import write_png
+from storage.files import remove_partial_writes, write_png
 from storage.freshness import Decision, decide
 from storage.intensity import to_uint8, volume_range
+from storage.locks import store_lock
 from storage.provenance import read_record
 from storage.volume import open_volume
 from storage.workspace import Workspace
@@ -138,20 +139,25 @@ def augment_stage(workspace: Workspace, image: str, labels: str, dataset: str, c
     threads (``num_workers``, default all cores). ``progress(done, total)`` counts groups.
     """
     t0 = time.perf_counter()
-    plan = plan_augment(workspace, image, labels, dataset, cfg)
-    written = 0
-    if plan.decision.action == "reuse":
-        log.info("%s is already complete: nothing to do", plan.dataset_path)
-    else:
-        if plan.decision.action in ("create", "replace"):
-            create_training_set(plan.dataset_path, cfg.n_samples, plan.sample_shape,
-                                group_size=cfg.group_size, overwrite=True,
-                                attrs={**plan.attrs, SOURCE_VOXEL_SIZE_KEY: plan.source_voxel_size})
-        sources = load_sources(plan, cfg.augment)
-        written = write_pending_groups(plan.dataset_path, sources, cfg.root_seed, cfg.augment, client=client,
-                                       num_workers=num_workers, progress=progress)
-        resume_training_set(plan.dataset_path).mark_complete()
-        log.info("%s: %d groups written in %.1f s", plan.dataset_path, written, time.perf_counter() - t0)
+    # One writer per training set, from the decision to the last write (a second run fails at once,
+    # naming the holder; the kernel frees the lock of a killed run).
+    with store_lock(workspace.dataset(dataset)):
+        plan = plan_augment(workspace, image, labels, dataset, cfg)
+        written = 0
+        if plan.decision.action == "reuse":
+            log.info("%s is already complete: nothing to do", plan.dataset_path)
+        else:
+            if plan.decision.action in ("create", "replace"):
+                create_training_set(plan.dataset_path, cfg.n_samples, plan.sample_shape,
+                                    group_size=cfg.group_size, overwrite=True,
+                                    attrs={**plan.attrs, SOURCE_VOXEL_SIZE_KEY: plan.source_voxel_size})
+            else:  # resume: a killed writer's unfinished objects go; the store ends with a whole run's files
+                remove_partial_writes(plan.dataset_path)
+            sources = load_sources(plan, cfg.augment)
+            written = write_pending_groups(plan.dataset_path, sources, cfg.root_seed, cfg.augment,
+                                           client=client, num_workers=num_workers, progress=progress)
+            resume_training_set(plan.dataset_path).mark_complete()
+            log.info("%s: %d groups written in %.1f s", plan.dataset_path, written, time.perf_counter() - t0)
     preview = augment_preview(workspace, dataset, plan, cfg)[0] if cfg.preview else None
     return AugmentResult(dataset=plan.dataset_path, action=plan.decision.action, n_samples=cfg.n_samples,
                          groups_written=written, seconds=round(time.perf_counter() - t0, 3), preview=preview)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from storage.dataset import source_voxel_size
@@ -101,3 +102,33 @@ def test_a_training_set_keeps_its_sources_voxel_size_after_the_volume_has_moved(
     assert augment_stage(ws, "em", "em", "set", cfg, num_workers=1).action == "reuse"
     shutil.rmtree(ws.volume("em"))
     assert source_voxel_size(open_training_set(ws.dataset("set"))) == expected
+
+
+
+def test_resumed_augment_drops_a_killed_writers_partial_objects(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """What zarr left of a write a kill interrupted (``<key>.<uuid>.partial``) is removed when the set
+    is resumed: the finished store holds the files of an uninterrupted run."""
+    import unet.augment_stage
+    from storage.workspace import Workspace
+    from tests.crash.inputs import image_and_labels
+    from unet.augment import AugmentConfig
+    from unet.augment_stage import AugmentStageConfig, augment_stage
+
+    ws = Workspace(str(tmp_path / "ws"))
+    image_and_labels(ws, (6, 64, 64))
+    cfg = AugmentStageConfig(n_samples=8, group_size=4, augment=AugmentConfig(max_displacement_px=3.0))
+    real = unet.augment_stage.write_pending_groups
+
+    def killed(path: str, *args: object, **kwargs: object) -> int:
+        leftover = Path(path) / "done" / "c" / "1.0123abcd.partial"  # what a kill mid-write leaves
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"\0")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unet.augment_stage, "write_pending_groups", killed)
+    with pytest.raises(KeyboardInterrupt):
+        augment_stage(ws, "em", "em", "set", cfg, num_workers=1)
+    monkeypatch.setattr(unet.augment_stage, "write_pending_groups", real)
+    assert augment_stage(ws, "em", "em", "set", cfg, num_workers=1).action == "resume"
+    assert not list(Path(ws.dataset("set")).rglob("*.partial"))
