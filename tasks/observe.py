@@ -8,8 +8,6 @@ embeds a small thumbnail as a ``data:`` URI (a few kB) and links the full-size f
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,70 +17,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import MissingContextError
 
-from storage.files import remove_stale, write_png
-from storage.volume import open_volume
-from unet.cell_preview import segmentation_preview
-from unet.labels import polarity_of_dataset
-from unet.preview import PANEL_CAPTIONS, evenly_spaced, label_panel, preview_strip, to_u8
+from unet.preview import preview_strip
+from unet.volume_previews import save_previews, thumbnail_data_uri
 
-THUMB_WIDTH = 384
-
-
-def thumbnail_data_uri(image: np.ndarray) -> str:
-    """A small PNG of ``image`` as a ``data:`` URI, for markdown artifacts."""
-    from PIL import Image
-
-    pil = Image.fromarray(image)
-    if pil.width > THUMB_WIDTH:
-        pil = pil.resize((THUMB_WIDTH, max(1, round(pil.height * THUMB_WIDTH / pil.width))))
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = None,
-                  label_path: str | None = None, n_slices: int = 3,
-                  segmentation_path: str | None = None) -> list[dict[str, Any]]:
-    """Write preview strips of ``n_slices`` evenly spaced z slices; return [{z, path, thumb}].
-
-    Paths are OME-Zarr volumes of the same shape (z, y, x); missing ones are left out of
-    the strip. With a segmentation, each slice also gets ``segmentation-z<z>.png`` (raw with
-    cell outlines | cells in random colours; keys ``segmentation_path``, ``segmentation_thumb``).
-    Reads only the chosen slices, so it is cheap on any volume size. Other ``preview-z*.png``
-    and ``segmentation-z*.png`` files in ``out_dir`` (an earlier run's) are removed.
-    """
-    raw = open_volume(raw_path)
-    pred = open_volume(prediction_path) if prediction_path else None
-    lab = open_volume(label_path) if label_path else None
-    seg = open_volume(segmentation_path) if segmentation_path else None
-    for other in (pred, lab, seg):
-        if other is not None and other.shape != raw.shape:
-            raise ValueError(f"{other.path} has shape {other.shape}, {raw.path} has {raw.shape}")
-    polarity = polarity_of_dataset(dict(lab.attrs) if lab is not None else {})
-    nz = raw.shape[0]
-    zs = evenly_spaced(0, nz, n_slices)
-    out: list[dict[str, Any]] = []
-    for z in zs:
-        def one(v: Any, z: int = z) -> np.ndarray | None:
-            return None if v is None else v.read(slice(z, z + 1))[0]
-        label = one(lab)
-        panels = (one(raw), one(pred), None if label is None else label_panel(label, polarity))
-        names = (f"raw z={z}", *PANEL_CAPTIONS[1:])
-        captions = [c for c, v in zip(names, panels, strict=True) if v is not None]
-        strip = preview_strip(*panels, captions=captions)  # type: ignore[arg-type]
-        path = os.path.join(out_dir, f"preview-z{z:04d}.png")
-        write_png(path, strip)
-        out.append({"z": z, "path": path, "thumb": thumbnail_data_uri(strip)})
-        if seg is not None:
-            cells = segmentation_preview(to_u8(one(raw)), one(seg))  # type: ignore[arg-type]
-            seg_png = os.path.join(out_dir, f"segmentation-z{z:04d}.png")
-            write_png(seg_png, cells)
-            out[-1].update(segmentation_path=seg_png, segmentation_thumb=thumbnail_data_uri(cells))
-    # Previews of an earlier volume (other depth, other slices) must not sit beside these.
-    remove_stale(out_dir, "preview-z*.png", {os.path.basename(o["path"]) for o in out})
-    remove_stale(out_dir, "segmentation-z*.png",
-                 {os.path.basename(o["segmentation_path"]) for o in out if "segmentation_path" in o})
-    return out
+__all__ = ["artifact_key", "preview_strip", "publish_metrics_table", "publish_png", "publish_summary",
+           "save_previews", "save_previews_task", "summary_markdown", "thumbnail_data_uri", "thumbnail_of"]
 
 
 def summary_markdown(title: str, outputs: Mapping[str, str], metrics: Mapping[str, Any] | None = None,

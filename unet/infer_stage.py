@@ -9,6 +9,7 @@ re-run resumes an unfinished prediction made with the same model and config.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from storage.workspace import Workspace, is_path, store_name
 from unet.infer_config import InferConfig
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger("emseg.infer")
 
 
 class InferResult(BaseModel):
@@ -36,6 +38,8 @@ class InferResult(BaseModel):
     shape: tuple[int, ...]
     voxel_size_nm: tuple[float, ...]
     levels: tuple[str, ...]
+    # reports/<name>/infer-z<z>.png: raw | membrane probability of 3 slices, to look at first.
+    previews: tuple[str, ...] = ()
 
 
 def resolve_volume(workspace: Workspace, volume: str) -> str:
@@ -45,6 +49,20 @@ def resolve_volume(workspace: Workspace, volume: str) -> str:
 
 def default_name(volume_path: str) -> str:
     return store_name(volume_path)
+
+
+def infer_previews(workspace: Workspace, volume_path: str, prediction_path: str) -> tuple[str, ...]:
+    """``reports/<prediction name>/infer-z<z>.png`` of 3 slices (raw | membrane probability, at most
+    2048 px a panel); the paths. A failure to draw them is logged, not raised: the prediction is
+    written and complete by then."""
+    from unet.volume_previews import save_previews
+
+    try:
+        report = workspace.report_dir(store_name(prediction_path))
+        return tuple(p["path"] for p in save_previews(volume_path, report, prediction_path, prefix="infer"))
+    except (OSError, ValueError) as e:
+        log.warning("no preview of %s: %s", prediction_path, e)
+        return ()
 
 
 def check_model_fits_volume(workspace: Workspace, volume: str, checkpoint: str, cfg: InferConfig) -> None:
@@ -100,9 +118,10 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
     finally:
         release_predictors()  # the model's (GPU) memory goes back when the stage ends
     summary = finish_run(prediction_path)
+    previews = infer_previews(workspace, volume_path, prediction_path)
     seconds = time.monotonic() - t0
     return InferResult(prediction=prediction_path, voxels=run.voxels, blocks=run.n_blocks,
                        blocks_run=run.pending_blocks, seconds=round(seconds, 3),
                        voxels_per_s=run.voxels / seconds if seconds > 0 else 0.0, model_sha256=sha,
                        shape=tuple(summary["shape"]), voxel_size_nm=tuple(summary["voxel_size_nm"]),
-                       levels=tuple(summary["levels"]))
+                       levels=tuple(summary["levels"]), previews=previews)

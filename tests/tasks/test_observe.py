@@ -82,3 +82,17 @@ def test_captions_name_each_panel_and_labels_of_either_polarity_draw_membranes_w
     assert (strip[CAPTION_PX:, :60] == 100).all()
     with pytest.raises(ValueError, match="captions"):
         preview_strip(raw, None, None, captions=["raw", "extra"])
+
+
+def test_infer_summary_shows_each_preview_as_a_linked_thumbnail(tmp_path):
+    from tasks.infer import infer_markdown
+    from unet.infer_stage import InferResult
+
+    png = tmp_path / "infer-z0003.png"
+    Image.fromarray(np.zeros((30, 500), np.uint8)).save(png)
+    result = InferResult(prediction="/ws/predictions/em.zarr", voxels=10, blocks=1, blocks_run=1, seconds=1.0,
+                         voxels_per_s=10.0, model_sha256="ab", shape=(1, 2, 5), voxel_size_nm=(40, 4, 4),
+                         levels=("s0",), previews=(str(png),))
+    text = infer_markdown(result)
+    assert "| blocks_run | 1 |" in text and "previews |" not in text
+    assert f"[infer-z0003.png](file://{png})" in text and "![infer-z0003.png](data:image/png;base64," in text
