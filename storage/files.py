@@ -127,6 +127,13 @@ def write_png(path: str | os.PathLike[str], image: Any, *, overwrite: bool = Tru
     atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
 
 
+def write_png_in(directory: str | os.PathLike[str], name: str, image: Any) -> str:
+    """:func:`write_png` of ``image`` as ``directory/name``; returns the path written."""
+    path = os.path.join(os.fspath(directory), name)
+    write_png(path, image)
+    return path
+
+
 def check_report_target(path: str | os.PathLike[str], made_from: dict[str, Any], *,
                         overwrite: bool = False) -> None:
     """Refuse to replace the JSON report at ``path`` when it was made from other inputs.

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from storage.files import remove_stale, write_png
+from storage.files import remove_stale, write_png_in
 from storage.volume import Volume, open_volume
 from unet.cell_preview import segmentation_preview
 from unet.labels import polarity_of_dataset
@@ -80,6 +79,8 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
     nz = raw.shape[0]
     zs = evenly_spaced(0, nz, n_slices)
     out: list[dict[str, Any]] = []
+    names_written: list[str] = []
+    cells_written: list[str] = []
     for z in zs:
         def one(v: Volume | None, z: int = z) -> np.ndarray | None:
             return None if v is None else np.asarray(v.level(level)[z])
@@ -88,18 +89,17 @@ def save_previews(raw_path: str, out_dir: str, prediction_path: str | None = Non
         names = (f"raw z={z}{scale}", *PANEL_CAPTIONS[1:])
         captions = [c for c, v in zip(names, panels, strict=True) if v is not None]
         strip = preview_strip(*panels, captions=captions)  # type: ignore[arg-type]
-        path = os.path.join(out_dir, f"{prefix}-z{z:04d}.png")
-        write_png(path, strip)
+        names_written.append(f"{prefix}-z{z:04d}.png")
+        path = write_png_in(out_dir, names_written[-1], strip)
         out.append({"z": z, "path": path, "thumb": thumbnail_data_uri(strip), "level": level})
         if seg is not None:
             cells = segmentation_preview(to_u8(one(raw)), one(seg))  # type: ignore[arg-type]
-            seg_png = os.path.join(out_dir, f"segmentation-z{z:04d}.png")
-            write_png(seg_png, cells)
+            cells_written.append(f"segmentation-z{z:04d}.png")
+            seg_png = write_png_in(out_dir, cells_written[-1], cells)
             out[-1].update(segmentation_path=seg_png, segmentation_thumb=thumbnail_data_uri(cells))
     # Previews of an earlier volume (other depth, other slices) must not sit beside these.
-    remove_stale(out_dir, f"{prefix}-z*.png", {os.path.basename(o["path"]) for o in out})
-    remove_stale(out_dir, "segmentation-z*.png",
-                 {os.path.basename(o["segmentation_path"]) for o in out if "segmentation_path" in o})
+    remove_stale(out_dir, f"{prefix}-z*.png", names_written)
+    remove_stale(out_dir, "segmentation-z*.png", cells_written)
     return out
 
 
