@@ -70,18 +70,25 @@ def check_model_fits_volume(workspace: Workspace, volume: str, checkpoint: str, 
     tile that does not fit the model, or a voxel-size mismatch (:mod:`unet.voxel_size`): what
     :func:`infer_stage` checks itself, for the ``--prefect`` path, whose flow run would otherwise
     fail only after the server had started. Reads the checkpoint on the CPU; builds no model."""
-    from storage.volume import open_volume
     from unet.checkpoint import config_from_checkpoint, load_checkpoint, recorded_training_data
     from unet.predictor import check_fits_model
-    from unet.voxel_size import check_voxel_size
 
     payload = load_checkpoint(checkpoint, map_location="cpu")
     check_fits_model(cfg, config_from_checkpoint(payload, checkpoint))
-    volume_path = resolve_volume(workspace, volume)
+    training = recorded_training_data(payload)
+    check_volume_voxel_size(resolve_volume(workspace, volume), training, checkpoint, cfg)
+
+
+def check_volume_voxel_size(volume_path: str, training_data: dict[str, Any], checkpoint: str,
+                            cfg: InferConfig) -> None:
+    """:func:`unet.voxel_size.check_voxel_size` of the volume at ``volume_path`` against what the
+    checkpoint records of its training data."""
+    from storage.volume import open_volume
+    from unet.voxel_size import check_voxel_size
+
     source = open_volume(volume_path)
-    unknown = source.attrs.get("voxel_size_unknown", ())
-    check_voxel_size(volume_path, source.voxel_size.as_tuple(), unknown, recorded_training_data(payload),
-                     checkpoint, cfg.allow_voxel_size_mismatch)
+    check_voxel_size(volume_path, source.voxel_size.as_tuple(), source.attrs.get("voxel_size_unknown", ()),
+                     training_data, checkpoint, cfg.allow_voxel_size_mismatch)
 
 
 def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferConfig, *,
@@ -93,11 +100,9 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
     write, so a missing or corrupt checkpoint, a tile that does not fit it, or a volume whose voxel
     size (y, x) differs from the model's training voxel size by more than 10 % (unless
     ``cfg.allow_voxel_size_mismatch``; :mod:`unet.voxel_size`) creates nothing."""
-    from storage.volume import open_volume
     from unet.checkpoint import checkpoint_sha256
     from unet.inference import finish_run, prepare_run, run_pending
     from unet.predictor import cached_predictor, load_predictor, release_predictors
-    from unet.voxel_size import check_voxel_size
 
     t0 = time.monotonic()
     volume_path = resolve_volume(workspace, volume)
@@ -107,10 +112,7 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
         # Loaded once, before any write (raises CheckpointError / ValueError): an in-process run
         # then reuses this predictor (same factory); a cluster's workers load their own.
         predictor = cached_predictor(factory) if client is None else factory()
-        source = open_volume(volume_path)
-        unknown = source.attrs.get("voxel_size_unknown", ())
-        check_voxel_size(volume_path, source.voxel_size.as_tuple(), unknown, predictor.training_data,
-                         checkpoint, cfg.allow_voxel_size_mismatch)
+        check_volume_voxel_size(volume_path, predictor.training_data, checkpoint, cfg)
         del predictor
         sha = checkpoint_sha256(checkpoint)
         run = prepare_run(volume_path, prediction_path, factory, sha, cfg, overwrite=overwrite)
