@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from storage.errors import StoreExistsError, StoreNotFoundError
@@ -127,6 +127,16 @@ def write_png(path: str | os.PathLike[str], image: Any, *, overwrite: bool = Tru
     atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
 
 
+def lookup_dotted(record: Mapping[str, Any], dotted: str) -> Any:
+    """``record["a"]["b"]`` for ``dotted`` = ``"a.b"`` (a record's nested key); KeyError if absent."""
+    node: Any = record
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
 def write_png_in(directory: str | os.PathLike[str], name: str, image: Any) -> str:
     """:func:`write_png` of ``image`` as ``directory/name``; returns the path written."""
     path = os.path.join(os.fspath(directory), name)
@@ -153,10 +163,10 @@ def check_report_target(path: str | os.PathLike[str], made_from: dict[str, Any],
         raise StoreExistsError(f"{p} exists and is not an emseg report; pass --overwrite (overwrite=True) "
                                "to replace it")
     def have(key: str) -> Any:
-        node: Any = existing
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        return node
+        try:
+            return lookup_dotted(existing, key)
+        except KeyError:
+            return None
 
     differ = [k for k, v in made_from.items() if have(k) != json.loads(json.dumps(v))]
     if differ:

@@ -22,7 +22,7 @@ from typing import Any
 import zarr
 
 from storage.errors import StoreNotFoundError
-from storage.files import read_json, write_json
+from storage.files import lookup_dotted, read_json, write_json
 
 _BLOCK = 8 << 20
 # The record file of a stage that writes a folder rather than a Zarr store, in order of preference.
@@ -152,15 +152,6 @@ def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _lookup(record: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = record
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
-
-
 def check_current(record: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> Freshness:
     """Is an output with ``record`` complete and made from ``expected``?
 
@@ -174,7 +165,7 @@ def check_current(record: Mapping[str, Any] | None, expected: Mapping[str, Any])
         return Freshness(False, "output is incomplete (an earlier run stopped)", exists=True)
     for key, want in expected.items():
         try:
-            have = _lookup(record, key)
+            have = lookup_dotted(record, key)
         except KeyError:
             return Freshness(False, f"output does not record {key!r}", exists=True)
         if _normalise(have) != _normalise(want):

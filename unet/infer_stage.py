@@ -109,11 +109,13 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
     prediction_path = workspace.prediction(output or default_name(volume_path))
     factory = functools.partial(load_predictor, checkpoint, cfg)
     try:
-        # Loaded once, before any write (raises CheckpointError / ValueError): an in-process run
-        # then reuses this predictor (same factory); a cluster's workers load their own.
-        predictor = cached_predictor(factory) if client is None else factory()
-        check_volume_voxel_size(volume_path, predictor.training_data, checkpoint, cfg)
-        del predictor
+        # Checked before any write (raises CheckpointError / ValueError). In process, the model is
+        # loaded once for the check and the run reuses it (same factory); for a cluster, whose
+        # workers load their own, the checkpoint is only read here, no model built on this device.
+        if client is None:
+            check_volume_voxel_size(volume_path, cached_predictor(factory).training_data, checkpoint, cfg)
+        else:
+            check_model_fits_volume(workspace, volume, checkpoint, cfg)
         sha = checkpoint_sha256(checkpoint)
         run = prepare_run(volume_path, prediction_path, factory, sha, cfg, overwrite=overwrite)
         run_pending(run, client=client, progress=progress)

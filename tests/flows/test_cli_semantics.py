@@ -82,18 +82,23 @@ def test_thresholds_parse_and_bad_ones_are_refused() -> None:
             parse_thresholds(bad)
 
 
+def write_labels_and_prediction(ws: Path, labels: np.ndarray, prediction: np.ndarray) -> None:
+    """labels/v.zarr (membrane = nonzero, recorded) and predictions/v.zarr of workspace ``ws``."""
+    for folder, kind, data in (("labels", "label", labels), ("predictions", "prediction", prediction)):
+        w = create_volume(ws / folder / "v.zarr", data.shape, np.uint8, (30, 4, 4), kind=kind)  # type: ignore[arg-type]
+        if kind == "label":
+            w.update_attrs(label_polarity="nonzero_is_membrane")
+        w.write(0, data)
+        w.mark_complete()
+
+
 def test_evaluate_sweeps_the_given_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     from flows.cli import main
 
     ws = tmp_path / "ws"
     labels = membranes_255((2, 32, 48))
-    for folder, kind, data in (("labels", "label", labels), ("predictions", "prediction", labels)):
-        w = create_volume(ws / folder / "v.zarr", data.shape, np.uint8, (30, 4, 4), kind=kind)  # type: ignore[arg-type]
-        if kind == "label":
-            w.update_attrs(label_polarity="nonzero_is_membrane")
-        w.write(0, data)
-        w.mark_complete()
+    write_labels_and_prediction(ws, labels, labels)
     args = ["emseg", "evaluate", "--prediction", "v", "--labels", "v", "--run", "r", "--workspace", str(ws),
             "--polarity", "nonzero_is_membrane"]
     monkeypatch.setattr("sys.argv", [*args, "--thresholds", "0.2,0.9"])
@@ -121,12 +126,7 @@ def test_evaluate_scores_the_given_slices_and_refuses_bad_ones(tmp_path: Path,
     labels = membranes_255((4, 32, 48))
     prediction = labels.copy()
     prediction[2:] = 0  # right on slices 0-1, nothing predicted on 2-3
-    for folder, kind, data in (("labels", "label", labels), ("predictions", "prediction", prediction)):
-        w = create_volume(ws / folder / "v.zarr", data.shape, np.uint8, (30, 4, 4), kind=kind)  # type: ignore[arg-type]
-        if kind == "label":
-            w.update_attrs(label_polarity="nonzero_is_membrane")
-        w.write(0, data)
-        w.mark_complete()
+    write_labels_and_prediction(ws, labels, prediction)
     args = ["emseg", "evaluate", "--prediction", "v", "--labels", "v", "--workspace", str(ws),
             "--polarity", "nonzero_is_membrane"]
     scores = {}

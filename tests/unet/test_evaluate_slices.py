@@ -16,18 +16,12 @@ import pytest
 
 from storage.errors import StoreExistsError
 from storage.files import read_json
-from storage.volume import create_volume
 from storage.workspace import Workspace
+from tests.crash.inputs import write_volume
 from unet.evaluate_stage import EvaluateConfig, evaluate_stage, score_volume
 from unet.split import runs_of
 
 MERGED = 15 / 23
-
-
-def _write(path: str, data: np.ndarray, kind: str) -> None:
-    w = create_volume(path, data.shape, data.dtype, (40, 4, 4), kind=kind)  # type: ignore[arg-type]
-    w.write(0, data)
-    w.mark_complete()
 
 
 @pytest.fixture
@@ -39,9 +33,9 @@ def ws(tmp_path: Path) -> Workspace:
     prediction[2:] = 0  # slices 2-3: nothing predicted, one merged segment
     cells = np.where(np.arange(9) < 4, 1, 2)[None, None, :].repeat(4, axis=1).repeat(4, axis=0)
     cells[2:] = 1  # a segmentation right on 0-1, merged on 2-3
-    _write(ws.labels("em"), labels, "label")
-    _write(ws.prediction("half"), prediction, "prediction")
-    _write(ws.segmentation("half"), cells.astype(np.uint32), "segmentation")
+    write_volume(ws.labels("em"), labels, "label")
+    write_volume(ws.prediction("half"), prediction, "prediction")
+    write_volume(ws.segmentation("half"), cells.astype(np.uint32), "segmentation")
     return ws
 
 
