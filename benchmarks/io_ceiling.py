@@ -6,7 +6,11 @@ shards, codecs), through the engine's own streaming pipeline (same reader and wr
 with no compute: the most any engine can move on this machine. Measured through zarr-python,
 zarr-python with the ``zarrs`` codec pipeline, and tensorstore. (e) runs the real engine
 (:func:`unet.inference.infer_volume`) with ``AffinePredictor(1 / 255)``, a predictor that costs
-next to nothing, so what remains is the engine's own host and device work. Used by
+next to nothing, so what remains is the engine's own host and device work. On a CPU device the
+device work (tiles to float32, the predictor's pass, crop and quantise: about 450 MB of memory
+traffic per default block) shares the host's cores and memory bandwidth with the I/O;
+:func:`host_side_engine` separates the two: the same run with the device arithmetic replaced by
+the copy's crop, i.e. what the host does when the arithmetic runs on a GPU. Used by
 ``benchmarks/infer.py``.
 """
 
@@ -20,13 +24,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 import zarr
 
 from storage.blockio import Backend, BlockArray
 from storage.volume import LEVEL0, create_volume, open_volume
+from unet.blocks import Block
 from unet.infer_config import InferConfig, fit_to_volume
 from unet.inference import AffinePredictor, infer_volume, mirror_pad, stream_blocks
 from unet.inference import store_layout as prediction_layout
+from unet.tiling import BlockPredictor
 
 LIBRARIES: dict[str, tuple[Backend, str | None]] = {
     "zarr-python": ("zarr", None),
@@ -91,3 +98,26 @@ def null_engine(src: Path, dst: Path, cfg: InferConfig, device: str = "cpu") -> 
     if not np.array_equal(open_volume(dst).read(slice(0, 1)), open_volume(src).read(slice(0, 1))):
         raise AssertionError("the zero-cost engine does not reproduce its input (x / 255 → uint8)")
     return float(result["voxels"]) / seconds
+
+
+@contextlib.contextmanager
+def device_arithmetic_skipped() -> Iterator[None]:
+    """Within the block, :meth:`BlockPredictor.uint8` (CPU tensors) returns the write region of the
+    padded block, copied as the block copy does, instead of computing it: every other part of the
+    engine (planning, reads, mirror padding, transfers, writes, ledger, completion) still runs."""
+    original = BlockPredictor.uint8
+
+    def crop(self: BlockPredictor, padded: torch.Tensor, block: Block) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(padded.numpy()[block.write_in_padded.slices]))
+
+    BlockPredictor.uint8 = crop  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BlockPredictor.uint8 = original  # type: ignore[method-assign]
+
+
+def host_side_engine(src: Path, dst: Path, cfg: InferConfig) -> float:
+    """voxels/s of the engine's host side alone: (e) with the device arithmetic skipped (CPU)."""
+    with device_arithmetic_skipped():
+        return null_engine(src, dst, cfg, "cpu")

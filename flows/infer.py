@@ -17,12 +17,14 @@ from unet.infer_stage import InferResult
 @flow(name="infer")
 def infer_flow(workspace: str, volume: str, checkpoint: str, output: str | None = None,
                config: InferConfig | None = None, dask_address: str | None = None,
-               overwrite: bool = False) -> InferResult:
+               overwrite: bool = False, previews: bool = True) -> InferResult:
     """Predict membrane probabilities (uint8) for ``volume`` into ``predictions/<output>.zarr``.
 
     ``volume`` is a workspace volume name or a path; ``output`` defaults to the volume's
     name. A re-run resumes an unfinished prediction made with the same model and config.
+    With ``previews`` (default), three slices are drawn (raw | membrane probability) into
+    ``reports/<output>/infer-z*.png`` and shown in the summary artifact.
     Returns the prediction path, voxels, seconds and voxels/s.
     """
     return predict_volume(workspace, volume, checkpoint, config or InferConfig(), output=output,
-                          overwrite=overwrite, dask_address=dask_address)
+                          overwrite=overwrite, dask_address=dask_address, previews=previews)

@@ -210,8 +210,10 @@ def pipeline_flow(params: PipelineParams) -> dict[str, Any]:
                       "inference.config": fitted.identity()}
     runner.step(
         "infer", paths["prediction"], lambda: read_record(paths["prediction"]), infer_expected,
+        # previews=False: the pipeline draws its own (raw | prediction | labels) into reports/<run>/.
         lambda mode: infer_flow(workspace=p.workspace, volume=p.name, checkpoint=best, output=p.name,
-                                config=p.infer, dask_address=p.dask_address, overwrite=mode == "replace"))
+                                config=p.infer, dask_address=p.dask_address, overwrite=mode == "replace",
+                                previews=False))
 
     # evaluate: metrics.json records what was scored: the whole volume (evaluate.slices: some) and,
     # in the same pass, the held-out validation slices on their own (metrics.json["held_out"]).

@@ -25,12 +25,13 @@ from unet.infer_stage import InferResult, infer_stage
 @task(name="infer", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def predict_volume(workspace: str, volume: str, checkpoint: str, config: InferConfig,
                    output: str | None = None, overwrite: bool = False,
-                   dask_address: str | None = None) -> InferResult:
+                   dask_address: str | None = None, previews: bool = True) -> InferResult:
     """:func:`unet.infer_stage.infer_stage` with a progress artifact (blocks) and a summary artifact."""
     progress = RunProgress("infer-progress", "Blockwise inference", 1, unit="blocks")
     with stage_logs(), cluster(dask_address) as client:
         result = infer_stage(Workspace(workspace), volume, checkpoint, config, output=output,
-                             overwrite=overwrite, client=client, progress=progress.update)
+                             overwrite=overwrite, client=client, progress=progress.update,
+                             previews=previews)
     create_markdown_artifact(key="infer-summary", description="Blockwise inference summary",
                              markdown=infer_markdown(result))
     return result

@@ -93,13 +93,15 @@ def check_volume_voxel_size(volume_path: str, training_data: dict[str, Any], che
 
 def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferConfig, *,
                 output: str | None = None, overwrite: bool = False, client: Any = None,
-                progress: Progress | None = None) -> InferResult:
+                progress: Progress | None = None, previews: bool = True) -> InferResult:
     """Predict membrane probabilities (uint8) for ``volume`` (a workspace name or a path) into
     ``predictions/<output>.zarr`` (default: the volume's name). ``progress(done, total)`` counts
     blocks, those finished by an earlier run included. The model is loaded once before any
     write, so a missing or corrupt checkpoint, a tile that does not fit it, or a volume whose voxel
     size (y, x) differs from the model's training voxel size by more than 10 % (unless
-    ``cfg.allow_voxel_size_mismatch``; :mod:`unet.voxel_size`) creates nothing."""
+    ``cfg.allow_voxel_size_mismatch``; :mod:`unet.voxel_size`) creates nothing. ``previews=False``
+    skips ``reports/<output>/infer-z*.png`` (the pipeline draws its own, with the labels, in its run's
+    report folder)."""
     from unet.checkpoint import checkpoint_sha256
     from unet.inference import finish_run, prepare_run, run_pending
     from unet.predictor import cached_predictor, load_predictor, release_predictors
@@ -122,10 +124,10 @@ def infer_stage(workspace: Workspace, volume: str, checkpoint: str, cfg: InferCo
     finally:
         release_predictors()  # the model's (GPU) memory goes back when the stage ends
     summary = finish_run(prediction_path)
-    previews = infer_previews(workspace, volume_path, prediction_path)
+    drawn = infer_previews(workspace, volume_path, prediction_path) if previews else ()
     seconds = time.monotonic() - t0
     return InferResult(prediction=prediction_path, voxels=run.voxels, blocks=run.n_blocks,
                        blocks_run=run.pending_blocks, seconds=round(seconds, 3),
                        voxels_per_s=run.voxels / seconds if seconds > 0 else 0.0, model_sha256=sha,
                        shape=tuple(summary["shape"]), voxel_size_nm=tuple(summary["voxel_size_nm"]),
-                       levels=tuple(summary["levels"]), previews=previews)
+                       levels=tuple(summary["levels"]), previews=drawn)

@@ -58,6 +58,8 @@ def test_failed_step_keeps_earlier_outputs_and_rerun_resumes(prefect_server, tmp
     assert _mtimes(ws) == before  # nothing made before the failure was rewritten
     assert open_volume(ws / "predictions" / "stack.zarr").is_complete
     assert (ws / "reports" / "r1" / "metrics.json").is_file()
+    # one report folder per run: the infer step leaves the previews to the pipeline's own
+    assert sorted(p.name for p in (ws / "reports").iterdir()) == ["r1"]
 
     # The stacks copied in again (same bytes, new mtimes): nothing to do.
     import os

@@ -61,3 +61,6 @@ def test_infer_writes_previews_beside_its_result(tmp_path: Path) -> None:
     for path in result.previews:
         assert os.path.dirname(path) == ws.report_dir("em")
         assert np.asarray(Image.open(path)).shape == (CAPTION_PX + 48, 48 * 2 + 4)
+    # the pipeline draws its own previews into its run's folder: asked not to, infer draws none
+    quiet = infer_stage(ws, "em", str(tmp_path / "m.pt"), cfg, output="quiet", previews=False)
+    assert quiet.previews == () and not os.path.exists(ws.report_dir("quiet"))
