@@ -2,9 +2,9 @@
 
 The pieces: geometry in :mod:`unet.blocks` (blocks, halos, tiles) and :mod:`unet.blending`
 (windows, and the audit of context and edge weight); one block on the device in
-:mod:`unet.tiling`; the overlapped read → upload → compute → download → write pipeline in
-:mod:`unet.streaming`; predictors in :mod:`unet.predictor`; fast block I/O in
-:mod:`storage.blockio`. This module ties them into runs.
+:mod:`unet.tiling` (its element-wise passes in :mod:`unet.elementwise`); the overlapped
+read → upload → compute → download → write pipeline in :mod:`unet.streaming`; predictors in
+:mod:`unet.predictor`; fast block I/O in :mod:`storage.blockio`. This module ties them into runs.
 
 Scale-out: blocks are grouped (:func:`unet.blocks.group_blocks`); :func:`run_group` runs
 one group in any process (in-process, or as a Dask task on a worker with

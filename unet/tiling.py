@@ -15,14 +15,17 @@ Axis order: the padded block (z, y, x) in voxels, tiles and batches (B, 1, y, x)
     └──────────────┘                                                       ▼
       crop:  owned part of each tile × 255, clamp, round ──▶ uint8 write region
       blend: accumulate tile × window (float32), then × 255 / Σ window, clamp, round ──▶ uint8
+
+The element-wise passes themselves (numpy in place on the CPU, torch kernels on a GPU) are in
+:mod:`unet.elementwise`. A batch that runs the device out of memory is retried in halves.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -32,9 +35,15 @@ import torch
 
 from unet.blending import blend_window, useful_tiles
 from unet.blocks import Block, Region, Tile
+from unet.elementwise import accumulate, each, empty, load_tile, quantise_into, rescale, row_parts, to_device
 from unet.infer_config import InferConfig
 
 Predictor = Callable[[torch.Tensor], Any]
+log = logging.getLogger(__name__)
+
+
+class DeviceMemoryError(ValueError):
+    """Even one tile per forward pass does not fit in the device's memory."""
 
 
 @dataclass(frozen=True)
@@ -60,117 +69,6 @@ def block_tiles(padded_shape: tuple[int, int, int], write: Region, cfg: InferCon
     return BlockTiles(tiles, jobs, Region(lo, hi), write_yx)
 
 
-_STRIP_BYTES = 256 * 1024
-
-
-def quantise_into(dst: torch.Tensor, prob: torch.Tensor, scale: float | torch.Tensor = 255.0) -> None:
-    """``dst`` (uint8) ← round(clamp(prob × scale, 0, 255)), rounding half to even as ``np.rint``.
-
-    On the CPU the same arithmetic runs through numpy in place: torch's CPU kernels for these
-    element-wise passes allocate and fan out to its intra-op thread pool, which measured 2-5x
-    slower on the 2-core machine while reader and writer threads compete for the cores.
-    """
-    if dst.device.type == "cpu":
-        factor = scale.numpy() if isinstance(scale, torch.Tensor) else np.float32(scale)
-        d, p = dst.numpy(), prob.numpy()
-        for z in range(d.shape[0]) if d.ndim == 3 else [None]:
-            _quantise_rows(d if z is None else d[z], p if z is None else p[z], factor)
-        return
-    q = torch.mul(prob, scale)
-    dst.copy_(q.clamp_(0, 255).round_())
-
-
-def _quantise_rows(d: np.ndarray, p: np.ndarray, factor: np.ndarray | np.float32) -> None:
-    """The CPU quantisation of one (y, x) plane, in strips of rows that fit in a core's cache: the
-    four passes then cost one trip to memory (the CPU engine is memory-bound, and whole-plane
-    passes made quantising half of its time)."""
-    rows = max(1, _STRIP_BYTES // max(1, 4 * p.shape[1]))
-    tmp = np.empty((min(rows, p.shape[0]), p.shape[1]), np.float32)
-    for r0 in range(0, p.shape[0], rows):
-        r1 = min(r0 + rows, p.shape[0])
-        t = tmp[: r1 - r0]
-        np.multiply(p[r0:r1], factor[r0:r1] if isinstance(factor, np.ndarray) else factor, out=t)
-        np.clip(t, 0, 255, out=t)
-        np.rint(t, out=t)
-        np.copyto(d[r0:r1], t, casting="unsafe")  # exact integers in 0..255: the cast loses nothing
-
-
-def load_tile(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst`` (float32) ← ``src`` (any dtype), converting as it copies (numpy on the CPU, see above)."""
-    if dst.device.type == "cpu":
-        np.copyto(dst.numpy(), src.numpy(), casting="unsafe")
-    else:
-        dst.copy_(src)
-
-
-def rescale(x: torch.Tensor, scale: float, offset: float) -> None:
-    """``x`` ← ``x`` × scale + offset in place."""
-    if x.device.type == "cpu":
-        a = x.numpy()
-        np.multiply(a, np.float32(scale), out=a)
-        np.add(a, np.float32(offset), out=a)
-    else:
-        x.mul_(scale).add_(offset)
-
-
-def accumulate(acc: torch.Tensor, pred: torch.Tensor, window: torch.Tensor) -> None:
-    """``acc`` += ``pred`` × ``window`` in place."""
-    if acc.device.type == "cpu":
-        a = acc.numpy()
-        a += pred.numpy() * window.numpy()
-    else:
-        acc.addcmul_(pred, window)
-
-
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``array`` as a tensor on ``device`` without waiting for the copy: through pinned memory on CUDA
-    (a copy from pageable memory synchronises the host with the device; block geometries first met
-    mid-run would do so), a view on the CPU."""
-    host = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
-
-
-_NUMPY_DTYPES = {torch.uint8: np.uint8, torch.float32: np.float32}
-
-
-def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised tensor; on the CPU backed by numpy's allocator. Why: torch's CPU allocator
-    hands back freshly mapped pages for every large tensor (measured: 5,300 page faults for each
-    22 MB block output, 10-20 ms of kernel time a block on the 2-core machine), while numpy's
-    allocation comes from glibc's heap, which keeps freed pages mapped
-    (:func:`unet.streaming.keep_freed_memory_for_reuse`)."""
-    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
-        return torch.from_numpy(np.empty(tuple(shape), _NUMPY_DTYPES[dtype]))
-    return torch.empty(tuple(shape), dtype=dtype, device=device)
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def each(device: torch.device, fn: Callable[..., None], items: Sequence[tuple[Any, ...]]) -> None:
-    """``fn(*item)`` for every item: in order on a GPU (the calls only queue kernels); on the CPU
-    spread over one thread per core (numpy releases the GIL), so one block's element-wise work
-    uses every core, not only the thread that drives the pipeline. Items must touch disjoint memory."""
-    global _POOL
-    if device.type != "cpu" or len(items) < 2:
-        for item in items:
-            fn(*item)
-        return
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(min(8, os.cpu_count() or 1), "emseg-tiles")
-    for f in [_POOL.submit(fn, *item) for item in items]:
-        f.result()
-
-
-def _row_parts(n: int, parts: int) -> list[slice]:
-    bounds = np.linspace(0, n, parts + 1).astype(int)
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-
-
 class BlockPredictor:
     """Runs a predictor over blocks on ``device``; :meth:`uint8` is the engine's path,
     :meth:`probabilities` the same computation kept in float32 (for exact stitching tests)."""
@@ -184,6 +82,7 @@ class BlockPredictor:
         self.intensity = intensity
         self._local = threading.local()  # a batch buffer per thread: CPU engines compute blocks in parallel
         self._scales: dict[tuple[Any, ...], torch.Tensor] = {}
+        self.batch_limit = cfg.batch_size  # tiles per forward pass; halved on out-of-memory errors
 
     def _batch_buffer(self) -> torch.Tensor:
         buf: torch.Tensor | None = getattr(self._local, "buffer", None)
@@ -193,20 +92,42 @@ class BlockPredictor:
         return buf
 
     def _batches(self, padded: torch.Tensor, work: BlockTiles) -> Any:
-        """Yield (jobs, predictions (n, T, T)) batch by batch; tiles are cut on the device."""
-        bs, buf = self.cfg.batch_size, self._batch_buffer()
-        for i in range(0, len(work.jobs), bs):
-            chunk = work.jobs[i : i + bs]
+        """Yield (jobs, predictions (n, T, T)) batch by batch; tiles are cut on the device. A batch
+        that runs the device out of memory is retried in halves (:meth:`_fewer_tiles`)."""
+        buf = self._batch_buffer()
+        i = 0
+        while i < len(work.jobs):
+            chunk = work.jobs[i : i + self.batch_limit]
             each(self.device, load_tile,  # uint8 → float32, one pass
                  [(buf[j, 0], padded[z][work.tiles[ti].input.slices]) for j, (z, ti) in enumerate(chunk)])
-            n = self.fixed_batch or len(chunk)
+            n = min(self.fixed_batch, self.batch_limit) if self.fixed_batch else len(chunk)
             if self.intensity != (1.0, 0.0):
                 rescale(buf[: len(chunk)], *self.intensity)
-            pred = self.predictor(buf[:n])
+            try:
+                pred = self.predictor(buf[:n])
+            except torch.cuda.OutOfMemoryError as e:
+                self._fewer_tiles(e)
+                continue
             if pred.ndim != 4 or pred.shape[0] != n or tuple(pred.shape[2:]) != tuple(self.cfg.tile):
                 raise ValueError(f"predictor returned shape {tuple(pred.shape)}, expected "
                                  f"({n}, C, {self.cfg.tile[0]}, {self.cfg.tile[1]})")
             yield chunk, pred[: len(chunk), 0].float()  # no-op for float32
+            i += len(chunk)
+
+    def _fewer_tiles(self, error: Exception) -> None:
+        """After an out-of-memory error: halve the tiles per forward pass for the rest of the run (a
+        run left overnight with a batch too big for this GPU then finishes, a little slower; the
+        batch size does not change the output's identity), or, at one tile, refuse in one line."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # the failed pass's activations are free now; hand them back
+        if self.batch_limit == 1:
+            raise DeviceMemoryError(
+                f"one {self.cfg.tile[0]} x {self.cfg.tile[1]} tile does not fit in the memory of "
+                f"{self.device}: use smaller tiles (--tile, a multiple of the model's divisor; keep "
+                "halo + overlap/2 at least the model's receptive-field radius)") from error
+        was, self.batch_limit = self.batch_limit, self.batch_limit // 2
+        log.warning("%s ran out of memory with %d tiles of %d x %d per forward pass: going on with %d",
+                    self.device, was, *self.cfg.tile, self.batch_limit)
 
     def _check(self, padded: torch.Tensor, block: Block) -> BlockTiles:
         if tuple(padded.shape) != block.padded_shape:
@@ -258,7 +179,7 @@ class BlockPredictor:
         if self.cfg.blend != "crop":
             acc = self._accumulate(padded, block, work)[(slice(None), *self._write_view(work))]
             inv = self._inverse_weight(work, 255.0)
-            parts = _row_parts(w.shape[1], min(8, os.cpu_count() or 1) if self.device.type == "cpu" else 1)
+            parts = row_parts(w.shape[1], min(8, os.cpu_count() or 1) if self.device.type == "cpu" else 1)
             each(self.device, quantise_into, [(out[:, r], acc[:, r], inv[r]) for r in parts])
             return out
         for chunk, pred in self._batches(padded, work):
