@@ -109,3 +109,30 @@ def test_compiled_bf16_engine_matches_eager_with_partial_batches(tmp_path: Path)
         outs[compiled] = np.asarray(open_volume(out).read(slice(None))).astype(int)
     diff = np.abs(outs[True] - outs[False])
     assert diff.max() <= 4 and diff.mean() < 0.5
+
+
+class _Hungry:
+    """``x / 255`` that first claims ``per_tile`` bytes of GPU memory for every tile of its batch."""
+
+    def __init__(self, per_tile: int) -> None:
+        self.per_tile, self.device = per_tile, torch.device(DEVICE)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        claim = torch.empty(self.per_tile * batch.shape[0], dtype=torch.uint8, device=batch.device)
+        del claim
+        return batch / 255
+
+
+def test_a_real_out_of_memory_error_halves_the_batch() -> None:
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    cfg = CFG.model_copy(update={"device": DEVICE, "batch_size": 2, "blend": "crop"})
+    block = plan_blocks((2, 150, 130), cfg.block_shape, cfg.halo, (1, *cfg.tile))[0]
+    data = np.random.default_rng(2).integers(0, 256, block.read.shape, dtype=np.uint8)
+    padded = torch.from_numpy(mirror_pad(data, block)).to(DEVICE)
+    engine = BlockPredictor(_Hungry(int(free * 0.6)), cfg, DEVICE)  # one tile fits, two do not
+    out = engine.uint8(padded, block).cpu()
+    expected = BlockPredictor(AffinePredictor(1 / 255), cfg.model_copy(update={"device": "cpu"})).uint8(
+        padded.cpu(), block)
+    assert engine.batch_limit == 1
+    assert np.abs(out.numpy().astype(int) - expected.numpy().astype(int)).max() <= 1
