@@ -14,6 +14,7 @@ is checked exactly; production uses :class:`ModelPredictor` around a U-Net.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import threading
 import time
@@ -25,6 +26,8 @@ import torch
 
 from unet.infer_config import InferConfig
 from unet.membrane import membrane_channel, membrane_probability  # noqa: F401 (re-exported)
+from unet.model import UNetConfig
+from unet.slice_prediction import fit_padding
 from unet.tta import tta_average
 
 # Intensities are scaled to [0, 1] as in training (uint8 EM / 255).
@@ -101,12 +104,28 @@ class ModelPredictor:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model: Any = torch.compile(model) if (cfg.compile and self.cuda) else model
         self.fixed_batch = cfg.batch_size if (cfg.compile and self.cuda) else None
+        model_config = getattr(model, "config", None)
+        # Valid padding: the (pad before, pad after, offset) of a tile side (cached: sizes repeat).
+        self.valid: Callable[[int], tuple[int, int, int]] | None = None
+        if isinstance(model_config, UNetConfig) and model_config.padding == "valid":
+            self.valid = functools.lru_cache(maxsize=8)(functools.partial(fit_padding, cfg=model_config))
 
     def membrane(self, x: torch.Tensor) -> torch.Tensor:
-        """Membrane probability (B, 1, H, W) float32 of inputs already scaled to [0, 1]."""
+        """Membrane probability (B, 1, H, W) float32 of inputs already scaled to [0, 1].
+
+        A valid-padding U-Net (the paper's) returns less than it is given, so its tiles are first
+        mirror-padded by the network's margin (and up to a size it accepts) and the output cut back
+        to the tile: the tile's border pixels see mirrored context, but blockwise inference keeps
+        only pixels with at least ``min(halo, overlap / 2)`` of real context, which covers the margin
+        (checked by :func:`check_fits_model`), so what is written is the network on real data."""
+        h, w = x.shape[-2:]
+        if self.valid is not None:
+            (by, ay, _), (bx, ax, _) = self.valid(h), self.valid(w)
+            x = torch.nn.functional.pad(x, (bx, ax, by, ay), mode="reflect")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return membrane_probability(self.model(x), self.membrane_class)
+        prob = membrane_probability(self.model(x), self.membrane_class)
+        return prob[..., :h, :w] if self.valid is not None else prob
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -117,9 +136,12 @@ class ModelPredictor:
 
 def check_fits_model(cfg: InferConfig, model_config: Any) -> None:
     """ValueError naming the problem when tile, halo or classes do not fit the model."""
-    if getattr(model_config, "padding", "same") != "same":
-        raise ValueError("blockwise inference needs a same-padding U-Net; this checkpoint uses "
-                         f"padding={model_config.padding!r}")
+    if getattr(model_config, "padding", "same") == "valid":
+        margin = fit_padding(max(cfg.tile), model_config)[0]  # context the network consumes per side
+        if cfg.context_px() < margin or min(cfg.tile) <= margin:
+            raise ValueError(f"a valid-padding U-Net of depth {model_config.depth} consumes {margin} px of "
+                             f"context on each side: tile {cfg.tile} must be larger and "
+                             f"min(halo, overlap / 2) at least that (it is {cfg.context_px()} px)")
     if model_config.in_channels != 1:
         raise ValueError(f"inference reads grey-level volumes (1 channel); the model expects "
                          f"{model_config.in_channels} input channels")

@@ -26,7 +26,7 @@ def predict_slices(model: UNet, images: np.ndarray, *, batch_size: int = 4, tta:
     forward = forward or model
     cast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and amp
             else contextlib.nullcontext())
-    pads = [_fit_padding(n, model.config) for n in images.shape[1:]]
+    pads = [fit_padding(n, model.config) for n in images.shape[1:]]
     out = np.empty(images.shape, np.float32)
 
     def membrane(xt: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) probability; class 1 of N > 1
@@ -45,8 +45,9 @@ def predict_slices(model: UNet, images: np.ndarray, *, batch_size: int = 4, tta:
     return out
 
 
-def _fit_padding(n: int, cfg: UNetConfig) -> tuple[int, int, int]:
-    """(pad before, pad after, output offset) making a slice of size ``n`` fit the model.
+def fit_padding(n: int, cfg: UNetConfig) -> tuple[int, int, int]:
+    """(pad before, pad after, output offset) making a slice (or tile) of size ``n`` fit the model;
+    the model's output from index offset on is the prediction of the ``n`` input pixels.
 
     Same padding: pad the end up to a multiple of the divisor. Valid padding: pad both sides
     by the network's margin, then the end up to the next size the network accepts.
