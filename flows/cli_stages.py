@@ -9,10 +9,15 @@ before its inputs are checked.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from flows.cli_options import check_polarity, out_alias, parse_thresholds, workspace_root
 from flows.direct import PREFECT_HELP, run_stage, use_prefect
+
+if TYPE_CHECKING:
+    from unet.model import UNetConfig
 
 
 def ingest(
@@ -182,7 +187,9 @@ def train(
     batch_size: int | None = typer.Option(None, help="Samples per step (overrides --config)."),
     config_json: str = typer.Option("{}", "--config", help="TrainConfig fields as JSON, "
                                     "e.g. '{\"lr\": 0.001, \"val_every\": 100}'."),
-    unet_json: str = typer.Option("{}", "--unet", help="UNetConfig fields as JSON, "
+    unet_json: str = typer.Option("{}", "--unet", help="'paper' (Ronneberger et al. 2015: valid padding, no "
+                                  "normalisation, dropout at the two deepest levels, He initialisation) or "
+                                  "UNetConfig fields as JSON, "
                                   "e.g. '{\"base_channels\": 32, \"depth\": 4}'."),
     report_slices: str = typer.Option("", help="Reporting slices, inclusive 'first-last', apart from "
                                       "--val-slices: the best checkpoint is scored on them at the end "
@@ -204,7 +211,6 @@ def train(
     require_dataset(ws, dataset)
     require_named(ws, "volumes", val_image)
     require_named(ws, "labels", val_labels)
-    from unet.model import UNetConfig
     from unet.train import TrainConfig
     from unet.train_stage import TrainStageConfig, train_stage
 
@@ -213,7 +219,7 @@ def train(
     if allow_val_overlap:
         overrides["allow_val_overlap"] = True
     cfg = TrainStageConfig(train=TrainConfig.model_validate({**json.loads(config_json), **overrides}),
-                           unet=UNetConfig.model_validate_json(unet_json), val_slices=val_slices,
+                           unet=unet_config(unet_json), val_slices=val_slices,
                            report_slices=report_slices, resume=resume, overwrite=overwrite)
     if use_prefect(prefect):
         from flows.train import train_flow
@@ -225,6 +231,13 @@ def train(
         result = run_stage("train", "steps", lambda p: train_stage(
             ws, dataset, val_image, val_labels, run, cfg, progress=p))
     typer.echo(result.model_dump_json(indent=2))
+
+
+def unet_config(text: str) -> UNetConfig:
+    """``--unet``: the name of a preset (``paper``) or UNetConfig fields as JSON."""
+    from unet.model import UNetConfig
+
+    return UNetConfig.paper() if text.strip() == "paper" else UNetConfig.model_validate_json(text)
 
 
 def evaluate(

@@ -21,15 +21,25 @@ input (see :meth:`UNetConfig.valid_output_size`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from torch import nn
 
 Norm = Literal["batch", "group", "none"]
 Padding = Literal["same", "valid"]
+Init = Literal["pytorch", "he"]
+# Fields added after the first checkpoints, with the value every earlier config had.
+_LATER_DEFAULTS: dict[str, Any] = {"dropout_levels": 1, "init": "pytorch"}
 
 
 class UNetConfig(BaseModel):
@@ -47,8 +57,37 @@ class UNetConfig(BaseModel):
     padding: Padding = Field(default="same", description="'same' keeps the size; 'valid' is the paper's "
                                                  "unpadded version (output smaller than input).")
     norm: Norm = Field(default="batch", description="Normalisation after each convolution.")
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout probability at the bottleneck "
-                                                            "(the paper uses 0.5 at the deepest layers).")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout probability at the deepest "
+                                                            "levels (the paper uses 0.5 at the two deepest).")
+    dropout_levels: int = Field(default=1, ge=1, le=7, description="How many of the deepest levels apply "
+                                "dropout: 1 = the bottleneck only, 2 = as the paper.")
+    init: Init = Field(default="pytorch", description="Initial weights: 'pytorch' (its defaults) or 'he' "
+                       "(normal, std sqrt(2 / incoming connections), as the paper).")
+
+    @model_validator(mode="after")
+    def _check_dropout_levels(self) -> UNetConfig:
+        if self.dropout_levels > max(1, self.depth - 1):
+            raise ValueError(f"dropout_levels {self.dropout_levels} exceeds the {self.depth - 1} levels "
+                             f"below the first of a depth-{self.depth} U-Net")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_additions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Fields added after checkpoints and pipeline records existed are left out of dumps while at
+        their defaults, so a config's record (compared by the pipeline to decide what to re-run) and
+        its checkpoints stay as they were."""
+        data: dict[str, Any] = handler(self)
+        for name, default in _LATER_DEFAULTS.items():
+            if data.get(name) == default:
+                data.pop(name)
+        return data
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> UNetConfig:
+        """Ronneberger et al. 2015: depth 5, 64 channels, valid padding, no normalisation, dropout 0.5 at
+        the two deepest levels, He initialisation; ``overrides`` change any of it."""
+        return cls(**{"depth": 5, "base_channels": 64, "padding": "valid", "norm": "none", "dropout": 0.5,
+                      "dropout_levels": 2, "init": "he", **overrides})
 
     @property
     def divisor(self) -> int:
@@ -140,15 +179,17 @@ class UNet(nn.Module):
         self.config = cfg = config or UNetConfig()
         widths = [cfg.base_channels * 2**i for i in range(cfg.depth)]
         self.inc = DoubleConv(cfg.in_channels, widths[0], cfg.padding, cfg.norm)
-        self.downs = nn.ModuleList(
+        self.downs = nn.ModuleList(  # Down i ends level i + 1; the bottleneck is level depth - 1
             Down(widths[i], widths[i + 1], cfg.padding, cfg.norm,
-                 dropout=cfg.dropout if i + 1 == cfg.depth - 1 else 0.0)
+                 dropout=cfg.dropout if i + 1 >= cfg.depth - cfg.dropout_levels else 0.0)
             for i in range(cfg.depth - 1)
         )
         self.ups = nn.ModuleList(
             Up(widths[i + 1], widths[i], cfg.padding, cfg.norm) for i in reversed(range(cfg.depth - 1))
         )
         self.outc = nn.Conv2d(widths[0], cfg.n_classes, kernel_size=1)
+        if cfg.init == "he":
+            he_initialise(self)
 
     def check_input(self, x: torch.Tensor) -> None:
         """ValueError naming the problem when ``x`` is not (B, in_channels, H, W) of a usable size."""
@@ -173,6 +214,22 @@ class UNet(nn.Module):
         for up in self.ups:
             x = up(x, skips.pop())
         return self.outc(x)
+
+
+def he_initialise(model: nn.Module) -> None:
+    """The paper's initialisation: every weight from a normal distribution with standard deviation
+    sqrt(2 / N), N the connections into one unit (3 x 3 x channels in for a convolution, channels in
+    for the non-overlapping 2 x 2 up-convolution), biases zero."""
+    for m in model.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, (2.0 / m.in_channels) ** 0.5)
+        elif isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_in) ** 0.5)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from unet.membrane import membrane_probability
 from unet.model import UNet, UNetConfig
-from unet.slice_prediction import predict_slices
+from unet.slice_prediction import fit_padding, predict_slices
 from unet.train_config import TrainConfig
 
 
@@ -49,11 +49,6 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
         dice = 1 - (2 * inter + 1) / (prob.sum() + target.sum() + 1)
         loss = loss + dice_weight * dice
     return loss
-
-
-def _center_crop(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    dy, dx = (t.shape[-2] - h) // 2, (t.shape[-1] - w) // 2
-    return t[..., dy : dy + h, dx : dx + w]
 
 
 class Trainer:
@@ -89,11 +84,15 @@ class Trainer:
     def step(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """One optimisation step on device tensors; returns the loss (a device scalar, no sync)."""
         self.model.train()
+        h, w = image.shape[-2:]
+        if self.model_cfg.padding == "valid":
+            # The network's output is smaller than its input: mirror the sample's border by the
+            # network's margin (and up to a size it accepts), as inference and validation do, so every
+            # pixel of the sample is supervised (the paper's overlap-tile strategy at the border).
+            (by, ay, _), (bx, ax, _) = fit_padding(h, self.model_cfg), fit_padding(w, self.model_cfg)
+            image = F.pad(image, (bx, ax, by, ay), mode="reflect")
         with self.autocast():
-            logits = self.forward(image)
-        if logits.shape[-2:] != target.shape[-2:]:  # valid padding: the output is smaller
-            target = _center_crop(target, *logits.shape[-2:])
-            weight = _center_crop(weight, *logits.shape[-2:])
+            logits = self.forward(image)[..., :h, :w]
         loss = segmentation_loss(logits, target, weight, self.cfg.dice_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
