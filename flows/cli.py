@@ -17,6 +17,7 @@ Options shared by several commands (``--workspace`` and its old spelling ``--out
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 
 import typer
 
@@ -46,8 +47,21 @@ app.command()(export)
 USER_ERRORS = (StorageError, ValueError, FileNotFoundError, FileExistsError)
 
 
+# Prefect gives its temporary local server 20 s to start. The first start in a workspace creates
+# and migrates the server's database, which took 25-35 s on the 2-core machine: `emseg demo` on a
+# fresh machine then failed with "Timed out while attempting to connect to ephemeral Prefect API
+# server" before doing anything. A user's own setting wins.
+EPHEMERAL_STARTUP_S = "180"
+
+
+def prefect_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Settings Prefect reads once, on import: set before any command imports it."""
+    environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_S)
+
+
 def main() -> None:
     """Console entry point (``emseg``). ``EMSEG_DEBUG=1`` shows the traceback of user errors too."""
+    prefect_defaults()
     try:
         app()
     except USER_ERRORS as e:

@@ -96,3 +96,16 @@ def test_unknown_recipe_is_refused_before_prefect_starts(tmp_path: Path) -> None
     assert "--recipe" in proc.stderr and "gpu-fast" in proc.stderr and "Traceback" not in proc.stderr
     assert time.monotonic() - t0 < 60
     assert not (tmp_path / "ws").exists()
+
+
+def test_the_temporary_server_gets_time_to_create_its_database():
+    """`emseg demo` on a fresh workspace: the server's first start migrates a new database, longer
+    than Prefect's 20 s default on a small machine (the demo failed before doing anything)."""
+    from flows.cli import prefect_defaults
+
+    env: dict[str, str] = {}
+    prefect_defaults(env)
+    assert int(env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) >= 120
+    mine = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "30"}
+    prefect_defaults(mine)
+    assert mine["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "30"
