@@ -141,12 +141,11 @@ FIT_MULTIPLE = 128
 
 
 def fit_to_volume(cfg: InferConfig, shape: tuple[int, ...] | list[int]) -> InferConfig:
-    """``cfg`` with each tile axis shrunk to the volume's plane (rounded up to ``FIT_MULTIPLE``)
-    where the plane is smaller than the tile, so a 512 x 512 stack is not predicted in mirror-padded
-    2560 x 2560 tiles, and the automatic pyramid depth resolved. Deterministic in (cfg, shape); the
-    run's identity records the result."""
-    tile = tuple(min(t, -(-int(n) // FIT_MULTIPLE) * FIT_MULTIPLE)
-                 for t, n in zip(cfg.tile, shape[1:], strict=True))
+    """``cfg`` with each tile axis made as small as it can be without needing more tiles per block
+    (:func:`fitted_tile`), and the automatic pyramid depth resolved. Deterministic in (cfg, shape);
+    the run's identity records the result."""
+    tile = tuple(fitted_tile(int(n), b, h, t, o) for n, b, h, t, o in
+                 zip(shape[1:], cfg.block_shape[1:], cfg.halo[1:], cfg.tile, cfg.overlap, strict=True))
     update: dict[str, Any] = {}
     if tile != cfg.tile:
         update["tile"] = tile
@@ -154,6 +153,21 @@ def fit_to_volume(cfg: InferConfig, shape: tuple[int, ...] | list[int]) -> Infer
     if cfg.pyramid_levels is None:
         update["pyramid_levels"] = auto_pyramid_levels(shape)
     return cfg.model_copy(update=update) if update else cfg
+
+
+def fitted_tile(size: int, block: int, halo: int, tile: int, overlap: int) -> int:
+    """The tile (one axis, pixels) for a volume axis of ``size``: the configured one's count of tiles
+    per padded block (block + 2 halo, the block clipped to the volume), each as small as covers it,
+    rounded up to ``FIT_MULTIPLE``. Why: a plane smaller than a tile used to be cut into 2 x 2 tiles
+    of its own size (4 times the voxels it writes; 9 times for 256²), because the mirrored halo made
+    the padded plane larger than one tile; a 3000² plane took 2 x 2 tiles of 2560² where 1792² do.
+    The default geometry on large volumes is unchanged (2 x 2 tiles of 2560² per 4672² block)."""
+    padded = min(size, block) + 2 * halo
+    if padded <= tile:
+        return min(tile, -(-padded // FIT_MULTIPLE) * FIT_MULTIPLE)
+    count = 1 + -(-(padded - tile) // (tile - overlap))  # tiles per axis at the configured size
+    smallest = -(-(padded - overlap) // count) + overlap
+    return min(tile, -(-smallest // FIT_MULTIPLE) * FIT_MULTIPLE)
 
 
 def auto_pyramid_levels(shape: tuple[int, ...] | list[int]) -> int:

@@ -112,10 +112,26 @@ def test_default_geometry_covers_the_default_models_receptive_field() -> None:
     assert min_context(plane, write, cfg.tile, cfg.overlap, cfg.blend) == cfg.context_px()
 
 
+def _computed_over_written(cfg: InferConfig, shape: tuple[int, int, int]) -> float:
+    from unet.tiling import block_tiles
+
+    cfg = fit_to_volume(cfg, shape)
+    blocks = plan_blocks(shape, cfg.block_shape, cfg.halo, (1, *cfg.tile))
+    tiles = sum(len(block_tiles(b.padded_shape, b.write_in_padded, cfg).tiles) for b in blocks)
+    return tiles * cfg.tile[0] * cfg.tile[1] / (shape[1] * shape[2])
+
+
 def test_small_volumes_get_a_tile_that_fits_them() -> None:
     cfg = InferConfig()
-    assert fit_to_volume(cfg, (30, 512, 512)).tile == (512, 512)
-    assert fit_to_volume(cfg, (30, 500, 9000)).tile == (512, cfg.tile[1])
+    # the plane plus its mirrored halo (512 + 2 x 112) in one tile, not 2 x 2 tiles of 512²
+    assert fit_to_volume(cfg, (30, 512, 512)).tile == (768, 768)
+    assert fit_to_volume(cfg, (30, 500, 9000)).tile == (768, cfg.tile[1])
+    assert fit_to_volume(cfg, (3, 3000, 3000)).tile == (1792, 1792)  # 2 x 2 tiles, as small as cover it
+    # voxels computed per voxel written: 4.0 (512²), 4.0 (2048²) and 2.9 (3000²) with the old fit
+    assert _computed_over_written(cfg, (1, 512, 512)) == 768**2 / 512**2
+    assert _computed_over_written(cfg, (1, 2048, 2048)) < 1.3
+    assert _computed_over_written(cfg, (1, 3000, 3000)) < 1.45
+    assert _computed_over_written(cfg, (1, 4672, 4672)) == _computed_over_written(cfg, (1, 9344, 9344))
     big = fit_to_volume(cfg, (3, 8000, 8000))
     assert big.tile == cfg.tile and big.pyramid_levels == 3  # 8000 → 4000 → 2000 → 1000: fits 1024
     assert fit_to_volume(cfg, (3, 900, 600)).pyramid_levels == 0
