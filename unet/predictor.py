@@ -138,9 +138,9 @@ def check_fits_model(cfg: InferConfig, model_config: Any) -> None:
     """ValueError naming the problem when tile, halo or classes do not fit the model."""
     if getattr(model_config, "padding", "same") == "valid":
         margin = fit_padding(max(cfg.tile), model_config)[0]  # context the network consumes per side
-        if cfg.context_px() < margin or min(cfg.tile) <= margin:
+        if cfg.context_px() < margin or min(cfg.tile) <= 2 * margin:  # tiles mostly context otherwise
             raise ValueError(f"a valid-padding U-Net of depth {model_config.depth} consumes {margin} px of "
-                             f"context on each side: tile {cfg.tile} must be larger and "
+                             f"context on each side: tile {cfg.tile} must be over twice that and "
                              f"min(halo, overlap / 2) at least that (it is {cfg.context_px()} px)")
     if model_config.in_channels != 1:
         raise ValueError(f"inference reads grey-level volumes (1 channel); the model expects "

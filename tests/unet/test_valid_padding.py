@@ -51,5 +51,5 @@ def test_valid_net_needs_context_of_its_margin() -> None:
     with pytest.raises(ValueError, match=r"consumes 20 px of context .* \(it is 8 px\)"):
         check_fits_model(thin, model.config)
     tiny = thin.model_copy(update={"tile": (16, 16), "overlap": (0, 0), "halo": (0, 0, 0)})
-    with pytest.raises(ValueError, match="tile .* must be larger"):
+    with pytest.raises(ValueError, match="tile .* must be over twice that"):
         check_fits_model(tiny, model.config)
