@@ -34,6 +34,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child that must die with this process, even when pytest is killed."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
     if proc.poll() is not None:
         return

@@ -8,10 +8,8 @@ server outlives the test. Screenshots are saved in the test's tmp dir (and copie
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,20 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import _kill_group
+from tests.e2e.conftest import _kill_group, die_with_parent
 from tests.flows.test_view import make_view_workspace
 
 pytestmark = [pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 @pytest.fixture
 def spawn() -> Iterator[object]:
     procs: list[subprocess.Popen[str]] = []
@@ -43,7 +34,7 @@ def spawn() -> Iterator[object]:
     def start(*args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "view", *args], cwd=ROOT, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
         procs.append(proc)
         return proc
 
