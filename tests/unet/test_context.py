@@ -171,3 +171,26 @@ def test_blockwise_equals_the_whole_slice_when_context_covers_the_receptive_fiel
         padded = torch.from_numpy(mirror_pad(vol[b.read.slices], b))
         out[b.write.slices] = engine.probabilities(padded, b).numpy()
     assert np.abs(out[0][inner] - whole[inner]).max() > 100 * max(exact, 1e-6)
+
+
+def test_fitted_tiles_never_cost_more_than_the_configured_ones() -> None:
+    """Over plane sizes from tiny to several blocks: the fitted tile is a multiple of 128, at most
+    the configured one, its context still covers the default U-Net, and no block computes more
+    voxels than with the configured tile."""
+    from unet.tiling import block_tiles
+
+    base = InferConfig(device="cpu")
+    r = receptive_field_radius(UNetConfig())
+    for n in (40, 200, 700, 1500, 2337, 2500, 4000, 4672, 5000, 7000, 10000):
+        shape = (1, n, n)
+        fitted = fit_to_volume(base, shape)
+        assert fitted.tile[0] % 128 == 0 and fitted.tile[0] <= base.tile[0]
+        unfitted = base.model_copy(update={"pyramid_levels": fitted.pyramid_levels})
+        for b in plan_blocks(shape, fitted.block_shape, fitted.halo, (1, *fitted.tile)):
+            new = block_tiles(b.padded_shape, b.write_in_padded, fitted)
+            cost_new = len(new.tiles) * fitted.tile[0] ** 2
+            old_b = plan_blocks(shape, base.block_shape, base.halo, (1, *base.tile))[b.index]
+            old = block_tiles(old_b.padded_shape, old_b.write_in_padded, unfitted)
+            assert cost_new <= len(old.tiles) * base.tile[0] ** 2, n
+            if len(new.tiles) > 1:  # stitched tiles: every written pixel keeps the model's context
+                assert fitted.context_px() >= r, n
