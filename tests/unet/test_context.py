@@ -138,38 +138,48 @@ def test_small_volumes_get_a_tile_that_fits_them() -> None:
     assert fit_to_volume(cfg.model_copy(update={"pyramid_levels": 1}), (3, 8000, 8000)).pyramid_levels == 1
 
 
+def louder(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every parameter x 2.5: a default-initialised net barely reacts to context."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.5)
+    return model
+
+
+# Halo and overlap / 2 (24 px) cover a depth-3 U-Net's receptive field (23 px); tiles on its grid.
+CONTEXT_CFG = InferConfig(tile=(96, 96), overlap=(48, 48), halo=(0, 24, 24), block_shape=(1, 48, 48),
+                          chunks=(1, 16, 16), batch_size=4, device="cpu")
+
+
+def blockwise_probabilities(model: torch.nn.Module, cfg: InferConfig, vol: np.ndarray) -> np.ndarray:
+    """The engine's float32 prediction of ``vol`` (z, y, x uint8), block by block, as it stitches it."""
+    engine = BlockPredictor(ModelPredictor(model, cfg, 1), cfg)
+    out = np.zeros(vol.shape, np.float32)
+    for b in plan_blocks(vol.shape, cfg.block_shape, cfg.halo, (1, *cfg.tile)):
+        padded = torch.from_numpy(mirror_pad(vol[b.read.slices], b))
+        out[b.write.slices] = engine.probabilities(padded, b).numpy()
+    return out
+
+
 def test_blockwise_equals_the_whole_slice_when_context_covers_the_receptive_field() -> None:
     """A real (small) U-Net: with halo and overlap/2 >= its receptive field and tiles on its pooling
     grid, cropped blockwise output equals the model run on the whole slice (away from the volume
     border, where the two pad differently), to float rounding."""
     torch.manual_seed(0)
     mcfg = UNetConfig(depth=3, base_channels=4, norm="none")
-    model = UNet(mcfg).eval()
-    with torch.no_grad():  # louder weights: a default-initialised net barely reacts to context
-        for p in model.parameters():
-            p.mul_(2.5)
+    model = louder(UNet(mcfg).eval())
     r = receptive_field_radius(mcfg)  # 23
-    cfg = InferConfig(tile=(96, 96), overlap=(48, 48), halo=(0, 24, 24), block_shape=(1, 48, 48),
-                      chunks=(1, 16, 16), batch_size=4, device="cpu")
-    shape = (1, 192, 192)
-    vol = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
-    engine = BlockPredictor(ModelPredictor(model, cfg, 1), cfg)
-    out = np.zeros(shape, np.float32)
-    for b in plan_blocks(shape, cfg.block_shape, cfg.halo, (1, *cfg.tile)):
-        padded = torch.from_numpy(mirror_pad(vol[b.read.slices], b))
-        out[b.write.slices] = engine.probabilities(padded, b).numpy()
+    vol = np.random.default_rng(0).integers(0, 256, (1, 192, 192)).astype(np.uint8)
+    out = blockwise_probabilities(model, CONTEXT_CFG, vol)
     with torch.no_grad():
         whole = torch.sigmoid(model(torch.from_numpy(vol[None].astype(np.float32)) / 255))[0, 0].numpy()
     inner = (slice(r, -r), slice(r, -r))
     exact = np.abs(out[0][inner] - whole[inner]).max()
     assert exact < 1e-5 and whole[inner].std() > 0.01
     # And with too little context (the old defaults' situation) it does not:
-    thin = cfg.model_copy(update={"tile": (32, 32), "overlap": (8, 8), "halo": (0, 8, 8)})
+    thin = CONTEXT_CFG.model_copy(update={"tile": (32, 32), "overlap": (8, 8), "halo": (0, 8, 8)})
     assert thin.context_px() < r
-    engine = BlockPredictor(ModelPredictor(model, thin, 1), thin)
-    for b in plan_blocks(shape, thin.block_shape, thin.halo, (1, *thin.tile)):
-        padded = torch.from_numpy(mirror_pad(vol[b.read.slices], b))
-        out[b.write.slices] = engine.probabilities(padded, b).numpy()
+    out = blockwise_probabilities(model, thin, vol)
     assert np.abs(out[0][inner] - whole[inner]).max() > 100 * max(exact, 1e-6)
 
 

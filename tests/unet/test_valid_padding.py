@@ -8,37 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from unet.blocks import plan_blocks
+from tests.unet.test_context import CONTEXT_CFG, blockwise_probabilities, louder
 from unet.infer_config import InferConfig
-from unet.inference import BlockPredictor, mirror_pad
 from unet.model import UNet, UNetConfig
-from unet.predictor import ModelPredictor, check_fits_model
+from unet.predictor import check_fits_model
 from unet.slice_prediction import fit_padding, predict_slices
 
 
 def _loud_valid_net() -> UNet:
     torch.manual_seed(0)
-    model = UNet(UNetConfig(depth=3, base_channels=4, norm="none", padding="valid")).eval()
-    with torch.no_grad():  # louder weights: a default-initialised net barely reacts to context
-        for p in model.parameters():
-            p.mul_(2.5)
-    return model
+    return louder(UNet(UNetConfig(depth=3, base_channels=4, norm="none", padding="valid")).eval())
 
 
 def test_blockwise_valid_net_equals_the_whole_slice() -> None:
     model = _loud_valid_net()
     margin = fit_padding(96, model.config)[0]
-    cfg = InferConfig(tile=(96, 96), overlap=(48, 48), halo=(0, 24, 24), block_shape=(1, 48, 48),
-                      chunks=(1, 16, 16), batch_size=4, device="cpu")
+    cfg = CONTEXT_CFG
     assert cfg.context_px() >= margin == 20
     check_fits_model(cfg, model.config)
-    shape = (1, 192, 192)
-    vol = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
-    engine = BlockPredictor(ModelPredictor(model, cfg, 1), cfg)
-    out = np.zeros(shape, np.float32)
-    for b in plan_blocks(shape, cfg.block_shape, cfg.halo, (1, *cfg.tile)):
-        padded = torch.from_numpy(mirror_pad(vol[b.read.slices], b))
-        out[b.write.slices] = engine.probabilities(padded, b).numpy()
+    vol = np.random.default_rng(0).integers(0, 256, (1, 192, 192)).astype(np.uint8)
+    out = blockwise_probabilities(model, cfg, vol)
     whole = predict_slices(model, vol, amp=False)  # the whole slice, mirror-padded by the margin
     inner = (slice(margin, -margin), slice(margin, -margin))
     assert np.abs(out[0][inner] - whole[0][inner]).max() < 1e-5 and whole[0][inner].std() > 0.01
