@@ -33,6 +33,12 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 os.environ.pop("PREFECT_API_URL", None)
+# Tests that use Prefect without the session server start its temporary one, each xdist worker in
+# a fresh home: its database is created on that first start, which under parallel load took over
+# Prefect's 20 s default (test_progress failed so). The limit `emseg` itself sets (flows.cli).
+from flows.cli import prefect_defaults  # noqa: E402 (after PREFECT_HOME, before Prefect is imported)
+
+prefect_defaults()
 
 ISBI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 
