@@ -48,9 +48,9 @@ USER_ERRORS = (StorageError, ValueError, FileNotFoundError, FileExistsError)
 
 
 # Prefect gives its temporary local server 20 s to start. The first start in a workspace creates
-# and migrates the server's database, which took 25-35 s on the 2-core machine: `emseg demo` on a
-# fresh machine then failed with "Timed out while attempting to connect to ephemeral Prefect API
-# server" before doing anything. A user's own setting wins.
+# and migrates the server's database, which took longer than that on the 2-core machine: `emseg
+# demo` on a fresh machine then failed with "Timed out while attempting to connect to ephemeral
+# Prefect API server" before doing anything. A user's own setting wins.
 EPHEMERAL_STARTUP_S = "180"
 
 
