@@ -222,10 +222,11 @@ def he_initialise(model: nn.Module) -> None:
     for the non-overlapping 2 x 2 up-convolution), biases zero."""
     for m in model.modules():
         if isinstance(m, nn.ConvTranspose2d):
+            # Not kaiming_normal_: torch takes a transposed weight's fan-in as out channels x 2 x 2,
+            # but with stride 2 each output pixel sees one tap per input channel.
             nn.init.normal_(m.weight, 0.0, (2.0 / m.in_channels) ** 0.5)
         elif isinstance(m, nn.Conv2d):
-            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-            nn.init.normal_(m.weight, 0.0, (2.0 / fan_in) ** 0.5)
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         else:
             continue
         if m.bias is not None:

@@ -14,7 +14,6 @@ is checked exactly; production uses :class:`ModelPredictor` around a U-Net.
 
 from __future__ import annotations
 
-import functools
 import pickle
 import threading
 import time
@@ -105,10 +104,9 @@ class ModelPredictor:
         self.model: Any = torch.compile(model) if (cfg.compile and self.cuda) else model
         self.fixed_batch = cfg.batch_size if (cfg.compile and self.cuda) else None
         model_config = getattr(model, "config", None)
-        # Valid padding: the (pad before, pad after, offset) of a tile side (cached: sizes repeat).
-        self.valid: Callable[[int], tuple[int, int, int]] | None = None
-        if isinstance(model_config, UNetConfig) and model_config.padding == "valid":
-            self.valid = functools.lru_cache(maxsize=8)(functools.partial(fit_padding, cfg=model_config))
+        # A valid-padding network's config (its tiles are padded to fit it, see membrane), else None.
+        valid = isinstance(model_config, UNetConfig) and model_config.padding == "valid"
+        self.valid: UNetConfig | None = model_config if valid else None
 
     def membrane(self, x: torch.Tensor) -> torch.Tensor:
         """Membrane probability (B, 1, H, W) float32 of inputs already scaled to [0, 1].
@@ -120,7 +118,7 @@ class ModelPredictor:
         (checked by :func:`check_fits_model`), so what is written is the network on real data."""
         h, w = x.shape[-2:]
         if self.valid is not None:
-            (by, ay, _), (bx, ax, _) = self.valid(h), self.valid(w)
+            (by, ay, _), (bx, ax, _) = fit_padding(h, self.valid), fit_padding(w, self.valid)
             x = torch.nn.functional.pad(x, (bx, ax, by, ay), mode="reflect")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -138,10 +136,11 @@ def check_fits_model(cfg: InferConfig, model_config: Any) -> None:
     """ValueError naming the problem when tile, halo or classes do not fit the model."""
     if getattr(model_config, "padding", "same") == "valid":
         margin = fit_padding(max(cfg.tile), model_config)[0]  # context the network consumes per side
-        if cfg.context_px() < margin or min(cfg.tile) <= 2 * margin:  # tiles mostly context otherwise
+        context = cfg.context_px()  # seconds for the default geometry: computed once
+        if context < margin or min(cfg.tile) <= 2 * margin:  # tiles mostly context otherwise
             raise ValueError(f"a valid-padding U-Net of depth {model_config.depth} consumes {margin} px of "
                              f"context on each side: tile {cfg.tile} must be over twice that and "
-                             f"min(halo, overlap / 2) at least that (it is {cfg.context_px()} px)")
+                             f"min(halo, overlap / 2) at least that (it is {context} px)")
     if model_config.in_channels != 1:
         raise ValueError(f"inference reads grey-level volumes (1 channel); the model expects "
                          f"{model_config.in_channels} input channels")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -45,6 +46,7 @@ def predict_slices(model: UNet, images: np.ndarray, *, batch_size: int = 4, tta:
     return out
 
 
+@functools.cache  # pure, and asked again for every training step and every tile batch
 def fit_padding(n: int, cfg: UNetConfig) -> tuple[int, int, int]:
     """(pad before, pad after, output offset) making a slice (or tile) of size ``n`` fit the model;
     the model's output from index offset on is the prediction of the ``n`` input pixels.
