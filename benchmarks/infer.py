@@ -94,12 +94,15 @@ def write_input(path: Path, shape: tuple[int, int, int], slab: int) -> None:
     Generating every slice would take over an hour for 4 Gvoxel (the generator makes about
     1 Mvoxel/s on one core), longer than a GPU session; the engine's speed does not depend
     on the slices being distinct, only on their size and compressibility, which cycling keeps.
+    Large planes get fewer distinct slices (about 64 Mvoxel in all: three of 4672², 80 s on
+    one core), generated one at a time: the generator's temporaries take 3.5 GB for one 4672²
+    slice, and eight at once ran the 24 GiB development machine out of memory.
     """
     w = create_volume(path, shape, np.uint8, (50, 4, 4), chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
                       overwrite=True)
-    unique = min(shape[0], UNIQUE_SLICES)
+    unique = max(1, min(shape[0], UNIQUE_SLICES, 2**26 // (shape[1] * shape[2])))
     distinct = np.concatenate([block.image for _, block in
-                               iter_slabs(SyntheticSpec(shape=(unique, shape[1], shape[2]), seed=3), unique)])
+                               iter_slabs(SyntheticSpec(shape=(unique, shape[1], shape[2]), seed=3), 1)])
     for z0 in range(0, shape[0], slab):
         z1 = min(z0 + slab, shape[0])
         w.write(z0, distinct[np.arange(z0, z1) % unique])
