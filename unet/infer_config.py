@@ -55,7 +55,9 @@ class InferConfig(BaseModel):
                             "use 1, or smaller tiles, on small GPUs and on the CPU).")
     block_shape: tuple[int, int, int] = Field((1, 4672, 4672), description="Write block (z, y, x) in "
                                               "voxels: the output's shard, the unit of resumption. Best "
-                                              "when block + 2*halo - tile is a multiple of tile - overlap.")
+                                              "when block + 2*halo - tile is a multiple of tile - overlap. "
+                                              "Made equal (with the chunks in proportion) on axes it does "
+                                              "not divide, where that computes less (fit_to_volume).")
     chunks: tuple[int, int, int] = Field((1, 584, 584), description="Output chunk (z, y, x) inside a "
                                          "shard; block_shape must be a multiple of it.")
     blocks_per_group: int = Field(0, ge=0, description="Write blocks per unit of work (Prefect/Dask task); "
