@@ -143,7 +143,8 @@ def run_blocks(job: InferJob, source: BlockArray, store: PredictionStore, block_
 
     return stream_blocks(todo, read, compute, write, prefetch=cfg.prefetch_blocks,
                          read_threads=cfg.read_threads, write_threads=cfg.write_threads,
-                         compute_threads=cfg.compute_threads_for(engine.device.type), meter=meter,
+                         compute_threads=cfg.compute_threads_for(
+                             engine.device.type, getattr(predictor, "single_threaded", False)), meter=meter,
                          on_done=progress)
 
 

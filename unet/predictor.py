@@ -39,6 +39,10 @@ class AffinePredictor:
     CPU it computes in place in the engine's batch buffer (one numpy pass, no allocation).
     ``functools.partial(AffinePredictor, ...)`` is a factory."""
 
+    # Its CPU arithmetic is one numpy pass in the calling thread, so the engine may compute blocks
+    # in parallel (InferConfig.compute_threads_for); a torch model parallelises each pass itself.
+    single_threaded = True
+
     def __init__(self, scale: float = 1.0, offset: float = 0.0, delay_s: float = 0.0,
                  device: str | None = None) -> None:
         self.scale, self.offset, self.delay_s = scale, offset, delay_s

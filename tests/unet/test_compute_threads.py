@@ -1,0 +1,55 @@
+"""How many blocks the CPU engine computes at once: one for a model (torch spreads each forward pass
+over the cores itself), one per core (at most 2) for a predictor that computes single-threaded."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from storage.volume import create_volume, open_volume
+from unet.inference import InferConfig, infer_volume
+
+
+class _Overlap:
+    """x / 255, holding each call 30 ms, recording the most calls in progress at once."""
+
+    device = torch.device("cpu")
+    counts: dict[bool, int] = {}
+
+    def __init__(self, single_threaded: bool) -> None:
+        self.single_threaded = single_threaded
+        self._lock, self._active = threading.Lock(), 0
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            self._active += 1
+            _Overlap.counts[self.single_threaded] = max(_Overlap.counts.get(self.single_threaded, 0),
+                                                         self._active)
+        time.sleep(0.03)
+        with self._lock:
+            self._active -= 1
+        return batch / 255
+
+
+def test_blocks_at_once_follow_the_predictor(tmp_path: Path) -> None:
+    shape = (4, 32, 32)
+    data = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    src = create_volume(tmp_path / "in.zarr", shape, np.uint8, (40, 4, 4))
+    src.write(0, data)
+    src.mark_complete()
+    cfg = InferConfig(tile=(16, 16), overlap=(4, 4), halo=(0, 4, 4), block_shape=(1, 16, 16),
+                      chunks=(1, 8, 8), batch_size=8, device="cpu")
+    for single in (False, True):
+        out = tmp_path / f"pred-{single}.zarr"
+        infer_volume(str(tmp_path / "in.zarr"), str(out), functools.partial(_Overlap, single), "overlap", cfg)
+        np.testing.assert_array_equal(open_volume(out).read(slice(None)), data)
+    assert _Overlap.counts[False] == 1  # a model: one block at a time
+    assert _Overlap.counts[True] == min(2, os.cpu_count() or 1)
+    assert cfg.model_copy(update={"compute_threads": 3}).compute_threads_for("cpu") == 3  # as configured
+    assert cfg.compute_threads_for("cuda", single_threaded=True) == 1
