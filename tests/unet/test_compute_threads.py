@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storage.volume import create_volume, open_volume
+from storage.volume import open_volume
 from unet.inference import InferConfig, infer_volume
+
+from .test_inference import make_volume
 
 
 class _Overlap:
@@ -38,16 +40,13 @@ class _Overlap:
 
 
 def test_blocks_at_once_follow_the_predictor(tmp_path: Path) -> None:
-    shape = (4, 32, 32)
-    data = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    src = create_volume(tmp_path / "in.zarr", shape, np.uint8, (40, 4, 4))
-    src.write(0, data)
-    src.mark_complete()
+    src = make_volume(tmp_path / "in.zarr", (4, 32, 32))
+    data = open_volume(src).read(slice(None))
     cfg = InferConfig(tile=(16, 16), overlap=(4, 4), halo=(0, 4, 4), block_shape=(1, 16, 16),
                       chunks=(1, 8, 8), batch_size=8, device="cpu")
     for single in (False, True):
         out = tmp_path / f"pred-{single}.zarr"
-        infer_volume(str(tmp_path / "in.zarr"), str(out), functools.partial(_Overlap, single), "overlap", cfg)
+        infer_volume(src, str(out), functools.partial(_Overlap, single), "overlap", cfg)
         np.testing.assert_array_equal(open_volume(out).read(slice(None)), data)
     assert _Overlap.counts[False] == 1  # a model: one block at a time
     assert _Overlap.counts[True] == min(2, os.cpu_count() or 1)

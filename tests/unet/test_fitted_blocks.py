@@ -13,6 +13,7 @@ from unet.infer_config import InferConfig, fit_to_volume
 from unet.inference import AffinePredictor, infer_volume
 
 from .test_context import _computed_over_written, _tiles_computed
+from .test_inference import make_volume
 
 
 def test_planes_the_block_does_not_divide_compute_less() -> None:
@@ -60,17 +61,14 @@ def test_engine_with_fitted_blocks_reproduces_the_input_and_its_pyramid(tmp_path
     (the thin last one fits in one tile, which costs less). The zero-cost predictor's output is the
     input, and the pyramid written block by block is the one built from the whole level 0."""
     shape = (1, 700, 1300)
-    data = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
-    src = create_volume(tmp_path / "in.zarr", shape, np.uint8, (40, 4, 4))
-    src.write(0, data)
-    src.mark_complete()
+    src = make_volume(tmp_path / "in.zarr", shape, seed=3)
+    data = open_volume(src).read(slice(None))
     cfg = InferConfig(tile=(384, 384), overlap=(64, 64), halo=(0, 32, 32), block_shape=(1, 640, 640),
                       chunks=(1, 80, 80), pyramid_levels=2, device="cpu")
     fitted = fit_to_volume(cfg, shape)
     assert fitted.block_shape == (1, 384, 640) and fitted.chunks == (1, 48, 80) and fitted.tile == (256, 384)
     out = tmp_path / "pred.zarr"
-    summary = infer_volume(str(tmp_path / "in.zarr"), str(out), functools.partial(AffinePredictor, 1 / 255),
-                           "affine", cfg)
+    summary = infer_volume(src, str(out), functools.partial(AffinePredictor, 1 / 255), "affine", cfg)
     pred = open_volume(out)
     assert summary["blocks"] == 2 * 3
     assert pred.attrs["inference"]["config"]["block_shape"] == [1, 384, 640]
