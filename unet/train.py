@@ -35,7 +35,7 @@ refuse), :mod:`unet.batches`, :mod:`unet.trainer` (step, loss, schedule), :mod:`
 
 On CUDA: bf16 autocast, channels_last, optional torch.compile, pinned host batches
 copied with ``non_blocking=True``, batches prepared ahead by a thread pool so the GPU does
-not wait for zarr reads.
+not wait for zarr reads. On the CPU: fp32, channels_last.
 """
 
 from __future__ import annotations
