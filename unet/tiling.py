@@ -83,6 +83,8 @@ class BlockPredictor:
         self._local = threading.local()  # a batch buffer per thread: CPU engines compute blocks in parallel
         self._scales: dict[tuple[Any, ...], torch.Tensor] = {}
         self.batch_limit = cfg.batch_size  # tiles per forward pass; halved on out-of-memory errors
+        if self.device.type == "cpu":
+            self._fit_host_memory()
 
     def _batch_buffer(self) -> torch.Tensor:
         buf: torch.Tensor | None = getattr(self._local, "buffer", None)
@@ -128,6 +130,28 @@ class BlockPredictor:
         was, self.batch_limit = self.batch_limit, self.batch_limit // 2
         log.warning("%s ran out of memory with %d tiles of %d x %d per forward pass: going on with %d",
                     self.device, was, *self.cfg.tile, self.batch_limit)
+
+    def _fit_host_memory(self) -> None:
+        """On the CPU, as many tiles per forward pass as fit in 80 % of the memory available now, for
+        a predictor that can tell what a tile takes (``host_bytes_per_tile``): a pass too big is not
+        an error the engine could catch, the kernel kills the process. One tile too big is refused."""
+        per_tile = getattr(self.predictor, "host_bytes_per_tile", None)
+        need = per_tile(self.cfg.tile) if callable(per_tile) else None
+        if not need:
+            return
+        budget = int(0.8 * available_host_memory())
+        fits = budget // need
+        if fits < 1:
+            raise DeviceMemoryError(
+                f"one {self.cfg.tile[0]} x {self.cfg.tile[1]} tile takes about {need / 2**30:.1f} GiB in the "
+                f"model's forward pass on the CPU, and {budget / 2**30:.1f} GiB are free to use: use smaller "
+                "tiles (--tile, a multiple of the model's divisor; keep halo + overlap/2 at least the "
+                "model's receptive-field radius)")
+        if fits < self.batch_limit:
+            log.warning("%d tiles of %d x %d per forward pass would take about %.1f GiB on the CPU, %.1f GiB "
+                        "are free to use: going on with %d", self.batch_limit, *self.cfg.tile,
+                        self.batch_limit * need / 2**30, budget / 2**30, fits)
+            self.batch_limit = int(fits)
 
     def _check(self, padded: torch.Tensor, block: Block) -> BlockTiles:
         if tuple(padded.shape) != block.padded_shape:
@@ -204,6 +228,13 @@ class BlockPredictor:
                 dst, src = _owned_in_write(work.tiles[ti], work.write)
                 out[z - w.start[0]][dst.slices] = pred[j][src.slices]
         return out
+
+
+def available_host_memory() -> int:
+    """Bytes of host memory available to a new allocation now (the kernel's estimate)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _owned_in_write(tile: Tile, write: Region) -> tuple[Region, Region]:
