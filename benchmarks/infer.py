@@ -88,7 +88,7 @@ def sync(device: torch.device) -> None:
 UNIQUE_SLICES = 16
 
 
-def write_input(path: Path, shape: tuple[int, int, int], slab: int) -> None:
+def write_input(path: Path, shape: tuple[int, int, int]) -> None:
     """The input volume: ``UNIQUE_SLICES`` distinct synthetic EM slices, cycled through z.
 
     Generating every slice would take over an hour for 4 Gvoxel (the generator makes about
@@ -100,7 +100,8 @@ def write_input(path: Path, shape: tuple[int, int, int], slab: int) -> None:
     """
     w = create_volume(path, shape, np.uint8, (50, 4, 4), chunks=(1, min(shape[1], 1024), min(shape[2], 1024)),
                       overwrite=True)
-    unique = max(1, min(shape[0], UNIQUE_SLICES, 2**26 // (shape[1] * shape[2])))
+    slab = max(1, 2**26 // (shape[1] * shape[2]))  # slices per write: about 64 Mvoxel
+    unique = min(shape[0], UNIQUE_SLICES, slab)
     distinct = np.concatenate([block.image for _, block in
                                iter_slabs(SyntheticSpec(shape=(unique, shape[1], shape[2]), seed=3), 1)])
     for z0 in range(0, shape[0], slab):
@@ -256,7 +257,7 @@ def write_content(path: Path, shape: tuple[int, int, int], content: str) -> str:
     elif content == "noise":
         write_noise(path, shape)
     else:
-        write_input(path, shape, slab=max(1, 2**26 // (shape[1] * shape[2])))
+        write_input(path, shape)
     print(f"input ({content}) written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return content
 

@@ -113,7 +113,7 @@ class InferConfig(BaseModel):
         """Write voxels per tile voxel for an interior block (1.0 = no tile computes a voxel twice)."""
         eff = 1.0
         for b, h, t, o in zip(self.block_shape[1:], self.halo[1:], self.tile, self.overlap, strict=True):
-            n = 1 + max(0, math.ceil((b + 2 * h - t) / (t - o)))
+            n = tiles_along(b + 2 * h, t, o)
             eff *= b / (n * t)
         return eff
 
@@ -192,7 +192,7 @@ def fitted_block(size: int, block: int, chunk: int, halo: int, tile: int, overla
         return block, chunk
     per_block = block // chunk
     step = math.lcm(BLOCK_MULTIPLE, per_block)
-    count = 1 + max(0, -(-(block + 2 * halo - tile) // (tile - overlap)))  # tiles per block at `tile`
+    count = tiles_along(block + 2 * halo, tile, overlap)  # tiles per block at the configured size
     blocks = -(-size // block)
     for t in range(FIT_MULTIPLE, tile, FIT_MULTIPLE):
         covered = (count * t - (count - 1) * overlap - 2 * halo) // step * step
@@ -212,8 +212,7 @@ def _axis_cost(size: int, block: int, halo: int, tile: int, overlap: int) -> int
     o = min(overlap, t // 2)
     total = 0
     for start in range(0, size, block):
-        padded = max(min(block, size - start) + 2 * halo, t)
-        total += (1 + -(-(padded - t) // (t - o))) * t
+        total += tiles_along(min(block, size - start) + 2 * halo, t, o) * t
     return total
 
 
@@ -227,9 +226,15 @@ def fitted_tile(size: int, block: int, halo: int, tile: int, overlap: int) -> in
     padded = min(size, block) + 2 * halo
     if padded <= tile:
         return min(tile, -(-padded // FIT_MULTIPLE) * FIT_MULTIPLE)
-    count = 1 + -(-(padded - tile) // (tile - overlap))  # tiles per axis at the configured size
+    count = tiles_along(padded, tile, overlap)  # tiles per axis at the configured size
     smallest = -(-(padded - overlap) // count) + overlap
     return min(tile, -(-smallest // FIT_MULTIPLE) * FIT_MULTIPLE)
+
+
+def tiles_along(length: int, tile: int, overlap: int) -> int:
+    """Tiles of ``tile`` pixels, ``overlap`` apart, that cover ``length`` pixels (at least one):
+    ``len(unet.blocks.tile_starts(max(length, tile), tile, overlap))`` without planning them."""
+    return 1 + max(0, -(-(length - tile) // (tile - overlap)))
 
 
 def auto_pyramid_levels(shape: tuple[int, ...] | list[int]) -> int:

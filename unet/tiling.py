@@ -46,6 +46,10 @@ class DeviceMemoryError(ValueError):
     """Even one tile per forward pass does not fit in the device's memory."""
 
 
+SMALLER_TILES = ("use smaller tiles (--tile, a multiple of the model's divisor; keep halo + overlap/2 at "
+                 "least the model's receptive-field radius)")
+
+
 @dataclass(frozen=True)
 class BlockTiles:
     """The work of one block shape: useful tiles, the (z, tile) jobs in order, and the plane
@@ -125,8 +129,7 @@ class BlockPredictor:
         if self.batch_limit == 1:
             raise DeviceMemoryError(
                 f"one {self.cfg.tile[0]} x {self.cfg.tile[1]} tile does not fit in the memory of "
-                f"{self.device}: use smaller tiles (--tile, a multiple of the model's divisor; keep "
-                "halo + overlap/2 at least the model's receptive-field radius)") from error
+                f"{self.device}: {SMALLER_TILES}") from error
         was, self.batch_limit = self.batch_limit, self.batch_limit // 2
         log.warning("%s ran out of memory with %d tiles of %d x %d per forward pass: going on with %d",
                     self.device, was, *self.cfg.tile, self.batch_limit)
@@ -144,9 +147,8 @@ class BlockPredictor:
         if fits < 1:
             raise DeviceMemoryError(
                 f"one {self.cfg.tile[0]} x {self.cfg.tile[1]} tile takes about {need / 2**30:.1f} GiB in the "
-                f"model's forward pass on the CPU, and {budget / 2**30:.1f} GiB are free to use: use smaller "
-                "tiles (--tile, a multiple of the model's divisor; keep halo + overlap/2 at least the "
-                "model's receptive-field radius)")
+                f"model's forward pass on the CPU, and {budget / 2**30:.1f} GiB are free to use: "
+                f"{SMALLER_TILES}")
         if fits < self.batch_limit:
             log.warning("%d tiles of %d x %d per forward pass would take about %.1f GiB on the CPU, %.1f GiB "
                         "are free to use: going on with %d", self.batch_limit, *self.cfg.tile,
