@@ -333,6 +333,7 @@ def main() -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     used = fit_to_volume(cfg, shape)  # type: ignore[arg-type]
+    batch = used.batch_size_for(device)
     factory = functools.partial(load_predictor, str(ckpt), cfg)
     # A warm process first, as in a long run: one slice of the same plane size through the whole
     # engine loads and compiles the model (kept for the measured run: same factory), and pays the
@@ -347,9 +348,9 @@ def main() -> None:
     gpu_peak_engine = torch.cuda.max_memory_allocated() if cuda else 0
 
     pred = cached_predictor(factory)  # the engine's own, already compiled
-    forward = bare_forward(pred, used.batch_size, used.tile[0], args.forward_seconds)
+    forward = bare_forward(pred, batch, used.tile[0], args.forward_seconds)
     monai, monai_slices = monai_throughput(pred, src, shape, used.tile, used.overlap[0] / used.tile[0],  # type: ignore[arg-type]
-                                           used.batch_size, args.monai_gib)
+                                           batch, args.monai_gib)
     # (c) again as DESIGN.md's reference measured MONAI (91 Mvoxel/s on an H100): 512² windows,
     # overlap 0.25, 16 per batch, the eager model (a compiled one would recompile for the new shape).
     # With the default 2560² tiles, (c) above does what the engine does (forward-bound, 4 windows
@@ -369,7 +370,7 @@ def main() -> None:
         "shape": list(shape), "voxels": engine["voxels"],
         "model": {"depth": args.depth, "base_channels": args.base}, "tile": list(used.tile),
         "overlap": list(used.overlap), "halo": list(used.halo), "block": list(used.block_shape),
-        "blend": used.blend, "batch": used.batch_size, "precision": precision, "compile": args.compile,
+        "blend": used.blend, "batch": batch, "precision": precision, "compile": args.compile,
         "a_engine_voxels_per_s": a, "engine_seconds": engine["seconds"],
         "warmup_run_seconds": warmup_seconds,
         "a_engine_cold_voxels_per_s": engine["voxels"] / (engine["seconds"] + warmup_seconds),

@@ -76,7 +76,8 @@ def infer(
     overlap: int | None = typer.Option(None, help="Overlap between tiles, pixels (default 224)."),
     halo: int | None = typer.Option(None, help="Real context read around each block in y, x, pixels "
                                     "(default 112)."),
-    batch_size: int | None = typer.Option(None, help="Tiles per forward pass (default 2)."),
+    batch_size: int | None = typer.Option(None, help="Tiles per forward pass (default: 2 on a GPU, 1 on "
+                                          "the CPU)."),
     blend: str | None = typer.Option(None, help="crop (default), gaussian or constant."),
     tta: str = typer.Option("none", help="Test-time augmentation: none, flips or d4."),
     pyramid_levels: int | None = typer.Option(None, help="Extra 2x-downsampled levels for viewers "

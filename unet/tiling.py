@@ -86,14 +86,15 @@ class BlockPredictor:
         self.intensity = intensity
         self._local = threading.local()  # a batch buffer per thread: CPU engines compute blocks in parallel
         self._scales: dict[tuple[Any, ...], torch.Tensor] = {}
-        self.batch_limit = cfg.batch_size  # tiles per forward pass; halved on out-of-memory errors
+        self.batch_size = cfg.batch_size_for(self.device.type)  # the batch buffer's tiles
+        self.batch_limit = self.batch_size  # tiles per forward pass; halved on out-of-memory errors
         if self.device.type == "cpu":
             self._fit_host_memory()
 
     def _batch_buffer(self) -> torch.Tensor:
         buf: torch.Tensor | None = getattr(self._local, "buffer", None)
         if buf is None:
-            buf = self._local.buffer = torch.zeros((self.cfg.batch_size, 1, *self.cfg.tile),
+            buf = self._local.buffer = torch.zeros((self.batch_size, 1, *self.cfg.tile),
                                                    dtype=torch.float32, device=self.device)
         return buf
 
