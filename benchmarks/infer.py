@@ -21,7 +21,7 @@ writer threads, with no compute, through zarr-python, zarr-python + zarrs and te
 fastest counts); (e) the engine with a zero-cost predictor (``x / 255``); plus tile efficiency,
 peak host RSS (sampled) and peak GPU memory. Generating the input volume is not timed. Prints JSON.
 
-``--cpu-proxy`` runs (d) and (e) alone on an 8 x 4672 x 4672 volume with the default geometry,
+``--cpu-proxy`` runs (d) and (e) alone on a 16 x 4672 x 4672 volume (in /dev/shm) with the default geometry,
 alternating them ``--rounds`` times (best of each, and medians), and prints
 ``null_engine_voxels_per_s`` and ``io_ceiling_voxels_per_s``; (e) writes level 0 only, as the copy
 does, and is run once more with the default automatic pyramid (written block by block). Each round
@@ -195,6 +195,15 @@ def write_em_mosaic(path: Path, shape: tuple[int, int, int], source: Path) -> No
     w.mark_complete()
 
 
+# The CPU proxy's files live in memory by default: each of its runs writes 0.35 GB in well under a
+# second, and on the development machine's virtual disk the kernel's write-back of one run's pages
+# landed in the next: the tensorstore copy (d) of random bytes ranged 354-967 Mvoxel/s between the
+# rounds of one process on /tmp (32 x 4672²), 786-1072 on /dev/shm (16 x 4672²). Both (d) and (e) read and
+# write the same file system, so the ratio the issue asks for compares like with like; the copy is
+# faster there, so the bound is harder to meet, not easier.
+SHM_WORKDIR = "/dev/shm/emseg-bench-infer"
+
+
 def cpu_proxy(args: argparse.Namespace) -> None:
     """(d) and (e) with the default geometry on the CPU, alternated; best of ``args.rounds`` each."""
     from benchmarks.io_ceiling import available_libraries, block_copy, host_side_engine, null_engine
@@ -283,8 +292,8 @@ def config_from(args: argparse.Namespace) -> InferConfig:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu-proxy", action="store_true", help="(d) and (e) only, default geometry, on the CPU")
-    ap.add_argument("--rounds", type=int, default=3, help="--cpu-proxy: alternating rounds (best counts)")
-    ap.add_argument("--proxy-z", type=int, default=8, help="--cpu-proxy: slices of 4672² (one block each)")
+    ap.add_argument("--rounds", type=int, default=7, help="--cpu-proxy: alternating rounds (best counts)")
+    ap.add_argument("--proxy-z", type=int, default=16, help="--cpu-proxy: slices of 4672² (one block each)")
     ap.add_argument("--content", choices=("isbi", "noise", "synthetic"), default="isbi",
                     help="input: a mosaic of ISBI 2012 slices (real EM; random bytes when the data is "
                          "absent), random bytes, or 16 synthetic slices cycled")
@@ -301,11 +310,20 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--monai-gib", type=float, default=2.0, help="memory for MONAI's in-memory volume")
     ap.add_argument("--forward-seconds", type=float, default=10.0)
-    ap.add_argument("--workdir", default="/tmp/emseg-bench-infer")
+    ap.add_argument("--workdir", default=None, help="default: /tmp/emseg-bench-infer; for --cpu-proxy "
+                    f"{SHM_WORKDIR} where /dev/shm exists")
     ap.add_argument("--keep", action="store_true", help="keep the input volume for another run")
     args = ap.parse_args()
+    if args.workdir is None:
+        in_memory = args.cpu_proxy and Path("/dev/shm").is_dir()
+        args.workdir = SHM_WORKDIR if in_memory else "/tmp/emseg-bench-infer"
     if args.cpu_proxy:
-        cpu_proxy(args)
+        try:
+            cpu_proxy(args)
+        finally:  # its stores (2-3 GB, in memory where /dev/shm is the workdir); never the folder itself
+            for made in [] if args.keep else [*Path(args.workdir).glob("proxy-*.zarr*"),
+                                              *Path(args.workdir).glob("copy-*.zarr*")]:
+                shutil.rmtree(made) if made.is_dir() else made.unlink()  # stores and their lock files
         return
     try:  # fail before minutes of engine work, not after them
         import monai  # noqa: F401
