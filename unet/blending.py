@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from unet.blocks import Region, Tile, plan_tiles
+from unet.blocks import Region, Tile, owned_intervals, plan_tiles, tile_starts
 
 BlendMode = Literal["crop", "gaussian", "constant"]
 
@@ -105,6 +105,28 @@ def min_context(plane: tuple[int, int], write: Region, tile: tuple[int, int], ov
                 mode: BlendMode, min_weight: float = 0.02) -> int:
     """The smallest distance (pixels) from a written pixel to the edge of a tile giving it at
     least ``min_weight`` of its weight; for ``crop``, to the edge of the tile that owns it."""
+    if mode == "crop":  # separable: the owner's edge distance is min(y distance, x distance)
+        return min(_crop_context_along(*axis) for axis in zip(plane, write.start, write.stop, tile, overlap,
+                                                               strict=True))
+    return _min_context_per_pixel(plane, write, tile, overlap, mode, min_weight)
+
+
+def _crop_context_along(length: int, w0: int, w1: int, tile: int, overlap: int) -> int:
+    """Along one axis, the smallest distance from a written position in [w0, w1) to the edge of
+    the tile owning it. Why not per pixel: for the default geometry that took 1.1 s and 0.5 GB of
+    temporaries each time a valid-padding model was loaded; the distance is concave in the
+    position, so each owned interval's ends give its minimum."""
+    starts = tile_starts(length, tile, overlap)
+    best = np.iinfo(np.int64).max
+    for s, (a, b) in zip(starts, owned_intervals(starts, tile, length), strict=True):
+        lo, hi = max(a, w0), min(b, w1)
+        if lo < hi:
+            best = min(best, lo - s, s + tile - hi)  # distances of lo and hi - 1 to the tile's ends
+    return int(best)
+
+
+def _min_context_per_pixel(plane: tuple[int, int], write: Region, tile: tuple[int, int],
+                           overlap: tuple[int, int], mode: BlendMode, min_weight: float) -> int:
     total = np.zeros(write.shape, np.float64)
     parts = _contributions(plane, write, tile, overlap, mode)
     for part, w, _ in parts:

@@ -172,7 +172,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
     return tuple(starts)
 
 
-def _owned(starts: tuple[int, ...], tile: int, length: int) -> tuple[tuple[int, int], ...]:
+def owned_intervals(starts: tuple[int, ...], tile: int, length: int) -> tuple[tuple[int, int], ...]:
     """Per tile, the interval it alone provides in crop mode: split at the middle of each overlap."""
     bounds = [0]
     for prev, nxt in zip(starts[:-1], starts[1:], strict=True):
@@ -197,7 +197,7 @@ def plan_tiles(padded_yx: tuple[int, int], tile: tuple[int, int],
     per_axis = []
     for length, t, o in zip(padded_yx, tile, overlap, strict=True):
         starts = tile_starts(length, t, o)
-        per_axis.append(list(zip(starts, _owned(starts, t, length), strict=True)))
+        per_axis.append(list(zip(starts, owned_intervals(starts, t, length), strict=True)))
     tiles = []
     for (y0, (oy0, oy1)), (x0, (ox0, ox1)) in ((a, b) for a in per_axis[0] for b in per_axis[1]):
         tiles.append(Tile(input=Region((y0, x0), (y0 + tile[0], x0 + tile[1])),

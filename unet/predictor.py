@@ -158,7 +158,7 @@ def check_fits_model(cfg: InferConfig, model_config: Any) -> None:
     """ValueError naming the problem when tile, halo or classes do not fit the model."""
     if getattr(model_config, "padding", "same") == "valid":
         margin = fit_padding(max(cfg.tile), model_config)[0]  # context the network consumes per side
-        context = cfg.context_px()  # seconds for the default geometry: computed once
+        context = cfg.context_px()
         if context < margin or min(cfg.tile) <= 2 * margin:  # tiles mostly context otherwise
             raise ValueError(f"a valid-padding U-Net of depth {model_config.depth} consumes {margin} px of "
                              f"context on each side: tile {cfg.tile} must be over twice that and "

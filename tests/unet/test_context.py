@@ -209,3 +209,16 @@ def _tiles_computed(cfg: InferConfig, shape: tuple[int, int, int]) -> tuple[int,
     blocks = plan_blocks(shape, cfg.block_shape, cfg.halo, (1, *cfg.tile))
     counts = [len(block_tiles(b.padded_shape, b.write_in_padded, cfg).tiles) for b in blocks]
     return sum(counts) * cfg.tile[0] * cfg.tile[1], max(counts)
+
+
+@pytest.mark.parametrize("tile,overlap,halo,block", [(64, 16, 8, 96), (64, 0, 0, 64), (48, 32, 16, 80),
+                                                     (32, 6, 5, 100), (128, 96, 40, 64)])
+def test_crop_context_along_axes_equals_the_per_pixel_audit(tile: int, overlap: int, halo: int,
+                                                             block: int) -> None:
+    from unet.blending import _min_context_per_pixel
+
+    cfg = InferConfig(tile=(tile, tile + 16), overlap=(overlap, overlap // 2), halo=(0, halo, halo + 3),
+                      block_shape=(1, block, block + 8), chunks=(1, 1, 1), blend="crop")
+    plane, write = _interior_block(cfg)
+    per_pixel = _min_context_per_pixel(plane, write, cfg.tile, cfg.overlap, "crop", 0.02)
+    assert min_context(plane, write, cfg.tile, cfg.overlap, "crop") == per_pixel == cfg.context_px()
