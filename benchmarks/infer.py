@@ -204,11 +204,23 @@ def write_em_mosaic(path: Path, shape: tuple[int, int, int], source: Path) -> No
 SHM_WORKDIR = "/dev/shm/emseg-bench-infer"
 
 
+TMP_WORKDIR = "/tmp/emseg-bench-infer"
+
+
 def cpu_proxy(args: argparse.Namespace) -> None:
-    """(d) and (e) with the default geometry on the CPU, alternated; best of ``args.rounds`` each."""
+    """(d) and (e) with the default geometry on the CPU, alternated; best of ``args.rounds`` each. Its
+    stores (2-3 GB, in memory where /dev/shm is the workdir) go afterwards, unless ``--keep``."""
+    work = Path(args.workdir) / "cpu-proxy"  # the proxy's own folder, never the workdir itself
+    try:
+        _proxy_rounds(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _proxy_rounds(args: argparse.Namespace, work: Path) -> None:
     from benchmarks.io_ceiling import available_libraries, block_copy, host_side_engine, null_engine
 
-    work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     shape = (args.proxy_z, 4672, 4672)  # one default write block per slice
     src = work / "proxy-input.zarr"
@@ -310,20 +322,15 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--monai-gib", type=float, default=2.0, help="memory for MONAI's in-memory volume")
     ap.add_argument("--forward-seconds", type=float, default=10.0)
-    ap.add_argument("--workdir", default=None, help="default: /tmp/emseg-bench-infer; for --cpu-proxy "
+    ap.add_argument("--workdir", default=None, help=f"default: {TMP_WORKDIR}; for --cpu-proxy "
                     f"{SHM_WORKDIR} where /dev/shm exists")
     ap.add_argument("--keep", action="store_true", help="keep the input volume for another run")
     args = ap.parse_args()
     if args.workdir is None:
         in_memory = args.cpu_proxy and Path("/dev/shm").is_dir()
-        args.workdir = SHM_WORKDIR if in_memory else "/tmp/emseg-bench-infer"
+        args.workdir = SHM_WORKDIR if in_memory else TMP_WORKDIR
     if args.cpu_proxy:
-        try:
-            cpu_proxy(args)
-        finally:  # its stores (2-3 GB, in memory where /dev/shm is the workdir); never the folder itself
-            for made in [] if args.keep else [*Path(args.workdir).glob("proxy-*.zarr*"),
-                                              *Path(args.workdir).glob("copy-*.zarr*")]:
-                shutil.rmtree(made) if made.is_dir() else made.unlink()  # stores and their lock files
+        cpu_proxy(args)
         return
     try:  # fail before minutes of engine work, not after them
         import monai  # noqa: F401

@@ -117,12 +117,10 @@ def _crop_context_along(length: int, w0: int, w1: int, tile: int, overlap: int) 
     temporaries each time a valid-padding model was loaded; the distance is concave in the
     position, so each owned interval's ends give its minimum."""
     starts = tile_starts(length, tile, overlap)
-    best = np.iinfo(np.int64).max
-    for s, (a, b) in zip(starts, owned_intervals(starts, tile, length), strict=True):
-        lo, hi = max(a, w0), min(b, w1)
-        if lo < hi:
-            best = min(best, lo - s, s + tile - hi)  # distances of lo and hi - 1 to the tile's ends
-    return int(best)
+    owned = ((s, max(a, w0), min(b, w1)) for s, (a, b) in zip(starts, owned_intervals(starts, tile, length),
+                                                               strict=True))
+    # the distances of lo and hi - 1 to the ends of the tile starting at s
+    return min(min(lo - s, s + tile - hi) for s, lo, hi in owned if lo < hi)
 
 
 def _min_context_per_pixel(plane: tuple[int, int], write: Region, tile: tuple[int, int],

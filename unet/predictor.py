@@ -114,7 +114,7 @@ class ModelPredictor:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model: Any = torch.compile(model) if (cfg.compile and self.cuda) else model
-        self.fixed_batch = cfg.batch_size_for("cuda") if (cfg.compile and self.cuda) else None
+        self.fixed_batch = cfg.batch_size_for(self.device.type) if (cfg.compile and self.cuda) else None
         model_config = getattr(model, "config", None)
         # A valid-padding network's config (its tiles are padded to fit it, see membrane), else None.
         valid = isinstance(model_config, UNetConfig) and model_config.padding == "valid"
